@@ -1,0 +1,74 @@
+"""Per-call generation statistics, defined once (spec section 5).
+
+- ``nfe``: model forwards spent on the call, prefill included (counted only in
+  :meth:`trimode.generation.loop.Runner.forward`).
+- ``tpf``: generated tokens / nfe. Prompt tokens never count.
+- acceptance length: tokens emitted per cycle (verification cycle, diffusion
+  block or AR step), bonus token included, so AR = 1.
+- drafted / accepted / rolled_back: draft tokens proposed, kept, discarded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationStats:
+    mode: str
+    batch_size: int = 0
+    block_length: int | None = None
+    nfe: int = 0
+    prefill_forwards: int = 0
+    prompt_tokens: int = 0
+    tokens_per_row: list[int] = field(default_factory=list)
+    acceptance_lengths: list[int] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
+    rolled_back: int = 0
+    prefill_time: float = 0.0
+    decode_time: float = 0.0
+
+    @property
+    def tokens_generated(self) -> int:
+        return sum(self.tokens_per_row)
+
+    @property
+    def tpf(self) -> float:
+        """Tokens per forward: generated tokens (all rows) / forwards."""
+        return self.tokens_generated / self.nfe if self.nfe else 0.0
+
+    @property
+    def mean_acceptance(self) -> float:
+        a = self.acceptance_lengths
+        return sum(a) / len(a) if a else 0.0
+
+    @property
+    def acceptance_histogram(self) -> dict[int, int]:
+        return dict(sorted(Counter(self.acceptance_lengths).items()))
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Share of drafted tokens that were accepted (commit ratio)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def total_time(self) -> float:
+        return self.prefill_time + self.decode_time
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_generated / self.total_time if self.total_time > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "mode": self.mode, "batch_size": self.batch_size, "block_length": self.block_length,
+            "nfe": self.nfe, "prefill_forwards": self.prefill_forwards, "prompt_tokens": self.prompt_tokens,
+            "tokens_generated": self.tokens_generated, "tokens_per_row": list(self.tokens_per_row),
+            "tpf": self.tpf, "mean_acceptance": self.mean_acceptance,
+            "acceptance_histogram": self.acceptance_histogram, "drafted": self.drafted,
+            "accepted": self.accepted, "rolled_back": self.rolled_back, "acceptance_rate": self.acceptance_rate,
+            "prefill_time": self.prefill_time, "decode_time": self.decode_time,
+            "tokens_per_second": self.tokens_per_second,
+        }

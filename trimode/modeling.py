@@ -1,0 +1,342 @@
+"""The tri-mode model: a Ministral-3 style decoder with one untied head.
+
+The model does math only. It takes tokens, positions, an attention mask (or a
+pattern among the new tokens, see :mod:`trimode.masks`), an optional
+:class:`~trimode.cache.KVCache` and a write/peek flag, and returns logits. It
+does not know which decoding mode runs; the decoders live in
+:mod:`trimode.generation` and are attached as methods for the published API.
+
+Backbone math equals ``transformers``' ``Ministral3Model``: RMSNorm (computed in
+float32), RoPE from transformers' rope registry (default, YaRN, ...), the
+"llama 4" query scaling ``1 + beta * log(1 + floor(pos / original_max))``,
+grouped-query attention, SwiGLU. Weight names follow the published
+checkpoints: ``encoder.*`` and ``diffusion_head.weight``.
+
+Shapes: B batch, Q new tokens, K attended slots, H query heads, Hkv key/value
+heads, D head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from .cache import KVCache
+from .configuration import NemotronLabsDiffusionConfig, TrimodeConfig
+from .generation.api import DecodingMixin
+from .masks import causal_pattern, with_prefix
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Rotary(nn.Module):
+    """RoPE tables from transformers' registry (so YaRN etc. match the reference exactly)."""
+
+    def __init__(self, config: TrimodeConfig):
+        super().__init__()
+        rope = config.rope_parameters
+        rope_type = rope.get("rope_type", "default")
+        if rope_type == "default":
+            dim = config.head_dim
+            inv_freq = 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+            self.attention_scaling = 1.0
+        elif rope_type in ROPE_INIT_FUNCTIONS:
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config)
+        else:
+            raise ValueError(f"rope_parameters.rope_type={rope_type!r} is not supported; "
+                             f"allowed: default, {', '.join(sorted(ROPE_INIT_FUNCTIONS))}")
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # "llama 4" query scaling (Ministral-3): stronger attention far beyond the original context.
+        self.q_scale_beta = rope.get("llama_4_scaling_beta")
+        self.q_scale_period = rope.get("original_max_position_embeddings") or config.max_position_embeddings
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
+        """position_ids (B, Q) -> cos, sin (B, 1, Q, D) and query scale (B, 1, Q, 1) or None."""
+        freqs = position_ids[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.attention_scaling).to(dtype)[:, None]
+        sin = (emb.sin() * self.attention_scaling).to(dtype)[:, None]
+        q_scale = None
+        if self.q_scale_beta:
+            q_scale = 1 + self.q_scale_beta * torch.log1p(torch.floor(position_ids.float() / self.q_scale_period))
+            q_scale = q_scale.to(dtype)[:, None, :, None]
+        return cos, sin, q_scale
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TrimodeConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = (
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, x, rope, mask, cache: KVCache | None):
+        B, Q, _ = x.shape
+        cos, sin, q_scale = rope
+        q = self.q_proj(x).view(B, Q, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, D)
+        k = self.k_proj(x).view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, Q, D)
+        v = self.v_proj(x).view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if q_scale is not None:
+            q = q * q_scale
+        if cache is not None:
+            k, v = cache.store(self.layer_idx, k, v)  # (B, Hkv, K, D)
+        if mask is None:
+            # Only reached when every query may see every key (uniform single-token step).
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=self.n_kv != self.n_heads)
+        elif isinstance(mask, str):  # "causal", no cache, no padding
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                                 enable_gqa=self.n_kv != self.n_heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                                 enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, Q, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TrimodeConfig):
+        super().__init__()
+        bias = config.mlp_bias
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TrimodeConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(config, layer_idx)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, rope, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Encoder(nn.Module):
+    """The backbone (``encoder.*`` in published checkpoints): embeddings, layers, final norm."""
+
+    def __init__(self, config: TrimodeConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = Rotary(config)
+
+    def forward(self, input_ids, position_ids, mask, cache):
+        x = self.embed_tokens(input_ids)
+        rope = self.rotary_emb(position_ids, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rope, mask, cache)
+        return self.norm(x)
+
+
+@dataclass
+class TrimodeOutput(ModelOutput):
+    """logits: (B, Q', V) for the kept positions; loss: AR cross-entropy when labels are given."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class TrimodePreTrainedModel(PreTrainedModel):
+    config_class = TrimodeConfig
+    base_model_prefix = "encoder"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["DecoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, Rotary):
+            # Non-persistent buffer: rebuild it when weights were created on the meta device.
+            fresh = Rotary(self.config)
+            module.inv_freq = fresh.inv_freq.to(module.inv_freq.device)
+
+
+def set_drafter_active(model: nn.Module, active: bool) -> None:
+    """Switch every PEFT adapter layer inside ``model`` on (draft forwards) or off (all others).
+
+    A no-op when PEFT is not loaded or the model carries no adapter. Adapters are
+    found per call (PEFT injects them after construction); it costs microseconds.
+    """
+    if "peft" not in sys.modules:
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and module.disable_adapters == active:
+            module.enable_adapters(active)
+
+
+class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
+    """Tri-mode decoder: ``encoder`` backbone + ``diffusion_head`` (the one output head).
+
+    ``model(input_ids)`` returns the causal (AR) logits. The decoders
+    (``ar_generate``, ``generate``, ``linear_spec_generate``,
+    ``quadratic_spec_generate``) are defined in :mod:`trimode.generation`.
+    """
+
+    def __init__(self, config: TrimodeConfig):
+        super().__init__(config)
+        self.encoder = Encoder(config)
+        self.diffusion_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.encoder.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.diffusion_head
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        position_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        cache_write: bool = True,
+        use_drafter: bool = False,
+        logits_to_keep: int | torch.Tensor = 0,
+        labels: torch.LongTensor | None = None,
+        **unused,
+    ) -> TrimodeOutput:
+        """One forward pass.
+
+        Args:
+            input_ids: (B, Q) new tokens.
+            position_ids: (B, Q); default: each row continues its cache (or 0..Q-1).
+            attention_mask: one of
+                - None: causal among the new tokens (after the whole cached prefix);
+                - (B, Q) 0/1 padding mask (transformers convention), combined with causal;
+                - bool (Q, Q) or (B, Q, Q): a *pattern* among the new tokens
+                  (see :mod:`trimode.masks`), placed after each row's cached prefix;
+                - bool (B, 1, Q, K): the full mask over the K attended slots.
+            past_key_values: a :class:`KVCache`. The new keys/values are placed after each
+                row's prefix; ``cache_write=True`` commits them (write forward),
+                ``False`` leaves the prefix as it was (peek forward).
+            use_drafter: run with the LoRA drafter adapter on (draft forwards only).
+            logits_to_keep: 0 = logits at every position; n > 0 = the last n positions;
+                a (B, n) LongTensor = those positions of each row.
+            labels: (B, Q) next-token targets for a plain AR loss (-100 = ignore).
+        """
+        if unused:
+            bad = sorted(k for k, v in unused.items() if v is not None and k not in ("return_dict", "use_cache"))
+            if bad:
+                raise TypeError(f"TrimodeModel.forward got unsupported arguments {bad}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        B, Q = input_ids.shape
+        cache = past_key_values
+        if position_ids is None:
+            offset = cache.lengths[:, None] if cache is not None else 0
+            position_ids = offset + torch.arange(Q, device=input_ids.device)[None, :].expand(B, Q)
+        mask = self._build_mask(attention_mask, cache, B, Q, input_ids.device)
+
+        set_drafter_active(self, use_drafter)
+        hidden = self.encoder(input_ids, position_ids, mask, cache)  # (B, Q, hidden)
+        if cache is not None and cache_write:
+            cache.advance(Q)
+
+        if isinstance(logits_to_keep, torch.Tensor):
+            idx = logits_to_keep.to(hidden.device)
+            hidden = torch.gather(hidden, 1, idx[..., None].expand(-1, -1, hidden.shape[-1]))
+        elif logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.diffusion_head(hidden)  # (B, Q', V)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                   ignore_index=-100)
+        return TrimodeOutput(loss=loss, logits=logits)
+
+    @staticmethod
+    def _build_mask(attention_mask, cache, B, Q, device):
+        """Turn the caller's mask argument into what attention takes (see ``forward``)."""
+        uniform_past = cache is None or cache._uniform
+        if attention_mask is None:
+            if cache is None or (int(cache.lengths.max()) == 0):
+                return "causal" if Q > 1 else None
+            if Q == 1 and uniform_past:
+                return None  # one new token after equal-length rows sees everything
+            attention_mask = causal_pattern(Q, device=device)
+        elif attention_mask.dim() == 2 and attention_mask.shape == (B, Q) and attention_mask.dtype != torch.bool:
+            # transformers-style padding mask: causal AND key is a real token.
+            pattern = causal_pattern(Q, device=device)[None] & attention_mask.bool()[:, None, :]
+            attention_mask = pattern
+        if attention_mask.dtype != torch.bool:
+            raise ValueError(f"attention_mask must be bool (pattern/full mask) or a (B, Q) 0/1 padding "
+                             f"mask, got dtype {attention_mask.dtype} shape {tuple(attention_mask.shape)}")
+        if attention_mask.dim() == 4:
+            return attention_mask
+        if attention_mask.shape[-1] != Q or attention_mask.shape[-2] != Q:
+            raise ValueError(f"attention_mask pattern must be (Q, Q) or (B, Q, Q) with Q={Q}, "
+                             f"got {tuple(attention_mask.shape)}")
+        past = cache.lengths if cache is not None else torch.zeros(B, dtype=torch.long, device=device)
+        return with_prefix(attention_mask, past)
+
+
+class NemotronLabsDiffusionModel(TrimodeModel):
+    """The same model, registered for published ``nemotron_labs_diffusion`` checkpoints."""
+
+    config_class = NemotronLabsDiffusionConfig
+
+
+def scaled_init_(model: nn.Module, std: float, generator: torch.Generator | None = None) -> nn.Module:
+    """Re-draw every Linear/Embedding weight from N(0, std) (tests: large-logit random models)."""
+    with torch.no_grad():
+        for p_name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
+
+
+__all__ = ["TrimodeModel", "NemotronLabsDiffusionModel", "TrimodeOutput", "set_drafter_active",
+           "scaled_init_"]
