@@ -39,7 +39,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
 
     path = Path(path) if path is not None else default_model_path()
     if not (path / "config.json").is_file():
-        hint = " (the shipped model is missing: run `git lfs pull` or train it, see README)" \
+        hint = " (the shipped model is missing: reinstall from a full clone, or rebuild it with the command in the README)" \
             if path == SHIPPED_MODEL else ""
         raise FileNotFoundError(f"no model at {path}: expected a directory with config.json{hint}")
     model = AutoModel.from_pretrained(path, dtype=dtype)

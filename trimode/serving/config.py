@@ -1,0 +1,130 @@
+"""Typed configuration of the OpenAI-compatible server (``trimode serve``).
+
+Every field has a default that suits one CPU machine; the CLI flags map onto
+these fields one to one. ``validate()`` raises ``ValueError`` naming the bad
+field and what is allowed, so a bad flag never surfaces deep inside the server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+SERVED_MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
+"""The engine's decoding modes (``trimode.generation.modes.MODES``)."""
+REQUEST_MODES = ("auto",) + SERVED_MODES
+"""What a request (or ``--mode``) may ask for: a mode, or ``auto`` (chosen per batch by load and acceptance)."""
+SPECULATIVE_MODES = ("linear-spec", "quadratic-spec")
+
+
+@dataclass
+class AutoModeConfig:
+    """How ``mode: "auto"`` picks a mode for each batch (see :mod:`trimode.serving.auto`)."""
+
+    spec_mode: str = "linear-spec"
+    """The self-speculative mode used while load is low and acceptance is high."""
+    max_load_for_spec: int = 1
+    """Speculate only while at most this many requests wait to be scheduled (the batch being formed
+    included). Batched AR amortises each forward over many rows, which speculation cannot do as
+    well, so deeper queues run AR."""
+    acceptance_floor: float = 2.0
+    """Mean tokens per verification cycle (bonus token included) below which auto falls back to AR.
+    Linear speculation spends 2 forwards per cycle, so below 2.0 it does worse than AR per forward."""
+    window: int = 64
+    """Verification cycles kept in the rolling acceptance."""
+    min_samples: int = 8
+    """Cycles needed before the rolling acceptance is trusted (before that, auto speculates)."""
+    probe_every: int = 16
+    """While below the floor, every Nth auto batch still speculates so the rolling acceptance
+    keeps being measured (otherwise one bad stretch would pin auto to AR forever)."""
+
+    def validate(self) -> "AutoModeConfig":
+        if self.spec_mode not in SPECULATIVE_MODES:
+            raise ValueError(f"auto spec_mode={self.spec_mode!r} is not one of {list(SPECULATIVE_MODES)}")
+        for name in ("window", "min_samples", "probe_every"):
+            _positive_int(f"auto {name}", getattr(self, name))
+        if isinstance(self.max_load_for_spec, bool) or not isinstance(self.max_load_for_spec, int) \
+                or self.max_load_for_spec < 0:
+            raise ValueError(f"auto max_load_for_spec={self.max_load_for_spec!r} must be an integer >= 0 "
+                             "(0 = never speculate because of load)")
+        if not isinstance(self.acceptance_floor, (int, float)) or not self.acceptance_floor >= 0:
+            raise ValueError(f"auto acceptance_floor={self.acceptance_floor!r} must be a number >= 0")
+        if self.min_samples > self.window:
+            raise ValueError(f"auto min_samples={self.min_samples} must be <= window={self.window}")
+        return self
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``trimode serve`` can be told; the CLI flags fill these fields."""
+
+    model: str | None = None
+    """Model directory; None = the shipped model (``trimode.loading.default_model_path``)."""
+    mode: str = "auto"
+    """Default mode of requests that do not name one."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None
+    """The ``model`` id clients send and ``/v1/models`` lists; None = the model directory's name."""
+    max_batch_size: int = 16
+    """Most requests decoded together in one batched call."""
+    max_queue: int = 64
+    """Most requests waiting to be scheduled; one more is answered 429 with Retry-After."""
+    batch_wait: float = 0.0
+    """Seconds the worker waits, once it has work, for more requests to join the batch."""
+    request_timeout: float = 300.0
+    """Seconds a request may take from arrival to its last token (queueing included)."""
+    max_tokens_limit: int = 2048
+    """Largest ``max_tokens`` accepted (the model's context bounds it further)."""
+    default_max_tokens: int = 256
+    """``max_tokens`` of requests that omit it (capped by what the context leaves)."""
+    block_length: int | None = None
+    """Default block length of diffusion / speculation; None = the model config's ``block_size``."""
+    max_block_length: int = 64
+    """Largest per-request ``block_length`` (quadratic speculation runs B*(B+1) query tokens)."""
+    threshold: float | None = None
+    """Default diffusion threshold; None = the model config's ``threshold``."""
+    num_threads: int | None = None
+    """torch threads of the decoding worker; None = all cores."""
+    seed: int = 0
+    """Seed of the server's sampling generator (requests without a ``seed``)."""
+    log_level: str = "info"
+    auto: AutoModeConfig = field(default_factory=AutoModeConfig)
+
+    def validate(self) -> "ServerConfig":
+        if self.mode not in REQUEST_MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {list(REQUEST_MODES)}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"port={self.port!r} must be an integer in [0, 65535] (0 = any free port)")
+        for name in ("max_batch_size", "max_queue", "max_tokens_limit", "default_max_tokens",
+                     "max_block_length"):
+            _positive_int(name, getattr(self, name))
+        if self.block_length is not None:
+            _positive_int("block_length", self.block_length)
+            if self.block_length > self.max_block_length:
+                raise ValueError(f"block_length={self.block_length} must be <= max_block_length="
+                                 f"{self.max_block_length}")
+        if self.num_threads is not None:
+            _positive_int("num_threads", self.num_threads)
+        for name in ("batch_wait", "request_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}={value!r} must be a number of seconds >= 0")
+        if self.request_timeout == 0:
+            raise ValueError("request_timeout=0 would time out every request: give a positive number of seconds")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold={self.threshold!r} must be in (0, 1]")
+        if self.log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError(f"log_level={self.log_level!r} is not one of critical, error, warning, info, "
+                             "debug, trace")
+        self.auto.validate()
+        return self
+
+    @property
+    def threads(self) -> int:
+        return self.num_threads or os.cpu_count() or 1
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
