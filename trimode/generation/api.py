@@ -66,10 +66,15 @@ def _eos_set(eos_token_id, config) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _block_length(value, config) -> int:
-    value = config.block_size if value is None else value
+def _block_length(value, model, mode: str) -> int:
+    """None: the config's block_size; "auto": the block length that maximises tokens/s on this machine."""
+    if value == "auto":
+        from ..evaluation.autotune import auto_block_length
+
+        return auto_block_length(model, mode)
+    value = model.config.block_size if value is None else value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"block_length={value!r} must be a positive integer")
+        raise ValueError(f"block_length={value!r} must be a positive integer or 'auto'")
     return value
 
 
@@ -121,7 +126,7 @@ class DecodingMixin:
                             generator=generator, return_stats=return_stats)
 
     @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | None = None,
+    def generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                  threshold=_FROM_CONFIG, eos_token_id=None, temperature: float = 0.0,
                  top_p: float | None = None, top_k: int | None = None, generator: torch.Generator | None = None,
                  steps: int | None = None, attention_mask=None, return_stats: bool = False):
@@ -133,30 +138,30 @@ class DecodingMixin:
         """
         return self._decode("diffusion", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
-                            generator=generator, block_length=_block_length(block_length, self.config),
+                            generator=generator, block_length=_block_length(block_length, self, "diffusion"),
                             threshold=_threshold(threshold, self.config), steps=steps,
                             return_stats=return_stats)
 
     @torch.no_grad()
-    def linear_spec_generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | None = None,
+    def linear_spec_generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                              eos_token_id=None, temperature: float = 0.0, top_p: float | None = None,
                              top_k: int | None = None, generator: torch.Generator | None = None,
                              attention_mask=None, return_stats: bool = False):
         """Linear self-speculation: diffusion draft (LoRA drafter on) + causal verify; lossless."""
         return self._decode("linear-spec", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
-                            generator=generator, block_length=_block_length(block_length, self.config),
+                            generator=generator, block_length=_block_length(block_length, self, "linear-spec"),
                             return_stats=return_stats)
 
     @torch.no_grad()
-    def quadratic_spec_generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | None = None,
+    def quadratic_spec_generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                                 eos_token_id=None, temperature: float = 0.0, top_p: float | None = None,
                                 top_k: int | None = None, generator: torch.Generator | None = None,
                                 attention_mask=None, return_stats: bool = False):
         """Quadratic self-speculation: draft and verify fused in one forward per cycle; lossless."""
         return self._decode("quadratic-spec", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
-                            generator=generator, block_length=_block_length(block_length, self.config),
+                            generator=generator, block_length=_block_length(block_length, self, "quadratic-spec"),
                             return_stats=return_stats)
 
     def decode_mode(self, mode: str, prompt_ids, **kwargs):

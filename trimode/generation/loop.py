@@ -72,6 +72,7 @@ class Runner:
                                      prompt_tokens=sum(len(p) for p in prompts))
         self.cache: KVCache | None = None
         self._in_prefill = True
+        self._started = time.perf_counter()
 
     # ---------------------------------------------------------------- forwards
     def forward(self, tokens: torch.Tensor, *, positions: torch.Tensor | None = None,
@@ -139,6 +140,7 @@ class Runner:
         number of draft tokens each row proposed this cycle (0 for AR/prefill).
         """
         eos = self.request.eos_token_ids
+        emitted = 0
         for b, toks in enumerate(per_row):
             if self.done[b] or toks is None:
                 continue
@@ -149,6 +151,7 @@ class Runner:
                     self.done[b] = True
                     break
             self.generated[b].extend(toks)
+            emitted += len(toks)
             if self.remaining(b) <= 0:
                 self.done[b] = True
             if toks:
@@ -160,6 +163,7 @@ class Runner:
                 self.stats.drafted += drafted
                 self.stats.accepted += accepted
                 self.stats.rolled_back += drafted - accepted
+        self.stats.emit_times.append((time.perf_counter() - self._started, emitted))
 
     def freeze_finished(self) -> None:
         """Finished rows keep the cache length they had when they finished (no overflow)."""

@@ -76,13 +76,7 @@ class BlockDiffusion:
             for b in range(run.batch):
                 if finished[b]:
                     continue
-                if schedule is not None:
-                    k = int(masked[b].sum()) if step >= len(schedule) - 1 else schedule[step]
-                    commit = torch.zeros_like(masked[b])
-                    commit[torch.topk(conf[b], min(k, int(masked[b].sum()))).indices] = True
-                else:
-                    commit = (conf[b] >= req.threshold) & masked[b]
-                    commit[conf[b].argmax()] = True  # always progress
+                commit = self.select(run, b, tokens[b], conf[b], masked[b], schedule, step)
                 block[b, commit] = tokens[b, commit]
                 masked[b] &= ~commit
                 finished[b] = not bool(masked[b].any()) or _eos_before_masks(block[b], masked[b],
@@ -97,6 +91,24 @@ class BlockDiffusion:
         else:  # every row ends inside this block: storing it would be a wasted forward
             per_row = drafts
         run.emit(per_row, drafted=n - 1)
+
+    def select(self, run: Runner, row: int, tokens: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor,
+               schedule: list[int] | None, step: int) -> torch.Tensor:
+        """Which masked positions of one row's block to commit now: (n,) bool.
+
+        ``tokens`` may be overwritten in place (an oracle commits reference tokens).
+        Threshold rule: every position at least ``threshold`` confident, plus the most
+        confident one (always progress). Fixed schedule: the ``schedule[step]`` most confident.
+        """
+        if schedule is not None:
+            remaining = int(masked.sum())
+            k = remaining if step >= len(schedule) - 1 else min(schedule[step], remaining)
+            commit = torch.zeros_like(masked)
+            commit[torch.topk(conf, k).indices] = True
+            return commit
+        commit = (conf >= run.request.threshold) & masked
+        commit[conf.argmax()] = True
+        return commit
 
 
 def _fixed_schedule(n_masked: int, steps: int | None) -> list[int]:

@@ -29,6 +29,20 @@ class GenerationStats:
     rolled_back: int = 0
     prefill_time: float = 0.0
     decode_time: float = 0.0
+    # (seconds since the call started, tokens emitted over all rows) per emission event:
+    # the first is the prefill's token(s), so emit_times[0][0] is the time to first token.
+    emit_times: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return self.emit_times[0][0] if self.emit_times else None
+
+    def token_latencies(self) -> list[float]:
+        """Per-token latency after the first token: each cycle's wall time spread over its tokens."""
+        out = []
+        for (t0, _), (t1, n) in zip(self.emit_times, self.emit_times[1:]):
+            out.extend([(t1 - t0) / n] * n if n else [])
+        return out
 
     @property
     def tokens_generated(self) -> int:
@@ -70,5 +84,5 @@ class GenerationStats:
             "acceptance_histogram": self.acceptance_histogram, "drafted": self.drafted,
             "accepted": self.accepted, "rolled_back": self.rolled_back, "acceptance_rate": self.acceptance_rate,
             "prefill_time": self.prefill_time, "decode_time": self.decode_time,
-            "tokens_per_second": self.tokens_per_second,
+            "tokens_per_second": self.tokens_per_second, "time_to_first_token": self.time_to_first_token,
         }

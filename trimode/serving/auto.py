@@ -1,0 +1,65 @@
+"""``mode: "auto"``: pick self-speculation or AR per batch, from load and measured acceptance.
+
+The published serving guidance: speculate at low concurrency, fall back to AR
+when traffic is high (batched AR amortises each forward over many rows) or
+when drafts stop being accepted (speculation then spends forwards for nothing).
+
+:class:`AutoPolicy` is decided once per batch formation by the worker thread:
+
+1. load (requests waiting, the batch being formed included) above
+   ``max_load_for_spec`` -> AR (reason ``queue_depth``);
+2. rolling mean acceptance length of the speculative mode under
+   ``acceptance_floor`` -> AR (``low_acceptance``), except every
+   ``probe_every``-th such decision, which speculates (``probe``) so the
+   rolling value keeps tracking the traffic;
+3. otherwise the speculative mode (``low_load``).
+
+Acceptance is fed from every run of the speculative mode, auto or explicit.
+Thread-safety: only the worker thread calls :meth:`decide` and :meth:`observe`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable
+
+from .config import AutoModeConfig
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    mode: str
+    reason: str  # low_load | queue_depth | low_acceptance | probe
+
+
+class AutoPolicy:
+    def __init__(self, config: AutoModeConfig):
+        self.config = config.validate()
+        self._acceptance: deque[int] = deque(maxlen=config.window)  # tokens per verification cycle
+        self._below_floor_decisions = 0
+
+    @property
+    def rolling_acceptance(self) -> float | None:
+        """Mean tokens per verification cycle over the window, or None before ``min_samples`` cycles."""
+        if len(self._acceptance) < self.config.min_samples:
+            return None
+        return sum(self._acceptance) / len(self._acceptance)
+
+    def decide(self, load: int) -> AutoDecision:
+        """The mode for auto requests in the batch being formed while ``load`` requests wait."""
+        cfg = self.config
+        if load > cfg.max_load_for_spec:
+            return AutoDecision("ar", "queue_depth")
+        acceptance = self.rolling_acceptance
+        if acceptance is not None and acceptance < cfg.acceptance_floor:
+            self._below_floor_decisions += 1
+            if self._below_floor_decisions % cfg.probe_every == 0:
+                return AutoDecision(cfg.spec_mode, "probe")
+            return AutoDecision("ar", "low_acceptance")
+        return AutoDecision(cfg.spec_mode, "low_load")
+
+    def observe(self, mode: str, acceptance_lengths: Iterable[int]) -> None:
+        """Record the verification cycles of a finished run (ignored unless it ran the speculative mode)."""
+        if mode == self.config.spec_mode:
+            self._acceptance.extend(acceptance_lengths)
