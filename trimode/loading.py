@@ -49,6 +49,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
 
         model = PeftModel.from_pretrained(model, path, subfolder=DRAFTER_SUBFOLDER).model
     model = model.to(device).eval()
+    if torch.device(device).type == "cpu":
+        model.enable_decode_layout()  # faster single-token decode on CPU (see modeling.Projection)
     tokenizer = None
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)

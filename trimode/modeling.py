@@ -34,6 +34,39 @@ from .generation.api import DecodingMixin
 from .masks import causal_pattern, with_prefix
 
 
+class Projection(nn.Linear):
+    """``nn.Linear`` that can keep a second, transposed copy of its weight for decoding.
+
+    Single-token decoding is bandwidth-bound: each step streams every weight once.
+    On CPU, ``x @ W^T`` with ``W^T`` stored contiguous (in, out) streams markedly faster
+    than the default (out, in) layout, while multi-token forwards (prefill, verify,
+    training) are faster with the default. With :meth:`TrimodeModel.enable_decode_layout`
+    on, forwards of at most ``DECODE_ROWS`` rows without autograd use the copy. The
+    parameter itself, its name and shape never change (checkpoints are unaffected);
+    the copy is rebuilt whenever the weight changes (in-place updates bump ``_version``).
+    """
+
+    DECODE_ROWS = 2
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decode_layout = False
+        self._decode_weight: torch.Tensor | None = None
+        self._decode_key = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decode_layout and x.numel() <= self.DECODE_ROWS * self.in_features and not (
+                torch.is_grad_enabled() and self.weight.requires_grad):
+            w = self.weight
+            key = (w.data_ptr(), w._version, w.device, w.dtype)
+            if key != self._decode_key:
+                self._decode_weight = w.detach().t().contiguous()  # (in, out)
+                self._decode_key = key
+            out = x @ self._decode_weight
+            return out + self.bias if self.bias is not None else out
+        return F.linear(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
@@ -41,10 +74,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        # Normalise in float32 (as Ministral-3 does), scale in the input dtype; one fused kernel.
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -93,10 +126,10 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
         bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.q_proj = Projection(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = Projection(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = Projection(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = Projection(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
         self.scale = self.head_dim ** -0.5
 
     def forward(self, x, rope, mask, cache: KVCache | None):
@@ -127,9 +160,9 @@ class MLP(nn.Module):
     def __init__(self, config: TrimodeConfig):
         super().__init__()
         bias = config.mlp_bias
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_proj = Projection(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = Projection(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = Projection(config.intermediate_size, config.hidden_size, bias=bias)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -183,7 +216,7 @@ class TrimodePreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear):  # includes Projection
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -223,8 +256,19 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
     def __init__(self, config: TrimodeConfig):
         super().__init__(config)
         self.encoder = Encoder(config)
-        self.diffusion_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.diffusion_head = Projection(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def enable_decode_layout(self, enabled: bool = True) -> "TrimodeModel":
+        """Keep transposed weight copies for 1-2 row forwards (CPU decode speed; costs one
+        extra copy of the projection weights). Off by default; ``trimode.loading.load``
+        turns it on for CPU models."""
+        for module in self.modules():
+            if isinstance(module, Projection):
+                module.decode_layout = enabled
+                if not enabled:
+                    module._decode_weight, module._decode_key = None, None
+        return self
 
     def get_input_embeddings(self):
         return self.encoder.embed_tokens
@@ -338,5 +382,5 @@ def scaled_init_(model: nn.Module, std: float, generator: torch.Generator | None
     return model
 
 
-__all__ = ["TrimodeModel", "NemotronLabsDiffusionModel", "TrimodeOutput", "set_drafter_active",
+__all__ = ["TrimodeModel", "NemotronLabsDiffusionModel", "TrimodeOutput", "Projection", "set_drafter_active",
            "scaled_init_"]

@@ -82,8 +82,9 @@ class ServerConfig:
     """Default block length of diffusion / speculation; None = the model config's ``block_size``."""
     max_block_length: int = 64
     """Largest per-request ``block_length`` (quadratic speculation runs B*(B+1) query tokens)."""
-    threshold: float | None = None
-    """Default diffusion threshold; None = the model config's ``threshold``."""
+    threshold: float | str | None = "model"
+    """Default diffusion threshold in (0, 1]; ``"model"`` = the model config's ``threshold``;
+    None = the fixed schedule (an equal share of the block per step)."""
     num_threads: int | None = None
     """torch threads of the decoding worker; None = all cores."""
     seed: int = 0
@@ -112,8 +113,10 @@ class ServerConfig:
                 raise ValueError(f"{name}={value!r} must be a number of seconds >= 0")
         if self.request_timeout == 0:
             raise ValueError("request_timeout=0 would time out every request: give a positive number of seconds")
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            raise ValueError(f"threshold={self.threshold!r} must be in (0, 1]")
+        if self.threshold not in (None, "model") and (isinstance(self.threshold, (bool, str))
+                                                      or not 0 < self.threshold <= 1):
+            raise ValueError(f"threshold={self.threshold!r} must be in (0, 1], 'model' (the model config's) "
+                             "or None (fixed schedule)")
         if self.log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
             raise ValueError(f"log_level={self.log_level!r} is not one of critical, error, warning, info, "
                              "debug, trace")

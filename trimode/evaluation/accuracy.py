@@ -1,0 +1,185 @@
+"""``trimode eval``: accuracy of every decoding mode on held-out checkable tasks.
+
+For each setting (a mode, with its block length and, for diffusion, a
+threshold) the held-out tasks are decoded greedily and scored by exact match
+(:func:`trimode.data.tasks.score`). Beside accuracy, every setting reports the
+share of outputs token-identical to AR greedy: for block diffusion that
+measures the drift its drafts introduce; for the speculative modes it must be
+1.0 (they are lossless), so it doubles as a correctness check on real data.
+
+Design choices:
+
+- AR runs first on each batch and is the reference for "identical".
+- ``max_new_tokens`` defaults to the longest expected answer (in tokens, EOS
+  included) plus a margin of 16: enough room for every correct answer, no time
+  spent on runaway outputs. It is a cap only; models never see the answers.
+- Outputs are decoded with ``skip_special_tokens=False`` so :func:`score` cuts
+  them at the first EOS string itself.
+- Batched (``batch_size`` rows per call) for throughput; rows decode
+  independently, so accuracy does not depend on the batch size. Speed numbers
+  here are only indicative; ``trimode bench`` measures speed properly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from .environment import environment
+from .metrics import RunRecord, identical_share, summarize, timed_decode
+from .prompts import task_prompt_set
+
+MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
+
+
+@dataclass
+class EvalConfig:
+    """What ``trimode eval`` runs."""
+
+    n_tasks: int = 48
+    """Held-out tasks (families round-robin, so 8 per family by default)."""
+    seed: int = 0
+    """Seed of the task generator."""
+    families: list[str] | None = None
+    """Task families (None: all)."""
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    """Decoding modes to evaluate (AR always runs: it is the reference)."""
+    block_length: int | None = None
+    """Block length of diffusion and the speculative modes (None: the model's config)."""
+    thresholds: list[float | None] | None = None
+    """Diffusion thresholds, one setting each (None: the config's threshold; None inside: fixed schedule)."""
+    max_new_tokens: int | None = None
+    """Generation cap (None: longest answer + 16)."""
+    batch_size: int = 8
+    """Tasks per decoding call."""
+
+    def validate(self) -> "EvalConfig":
+        if self.n_tasks < 1:
+            raise ValueError(f"n_tasks={self.n_tasks} must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes={self.modes!r}: each must be one of {', '.join(MODES)}")
+        if self.block_length is not None and self.block_length < 1:
+            raise ValueError(f"block_length={self.block_length} must be >= 1")
+        for t in self.thresholds or []:
+            if t is not None and not 0 < t <= 1:
+                raise ValueError(f"threshold {t} must be in (0, 1], or None for the fixed schedule")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        return self
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One decoding configuration: mode + block length (+ threshold for diffusion)."""
+
+    mode: str
+    block_length: int | None = None
+    threshold: float | None = None
+    has_threshold: bool = False  # distinguishes "threshold=None (fixed schedule)" from "config default"
+
+    @property
+    def label(self) -> str:
+        parts = [self.mode]
+        if self.mode != "ar" and self.block_length is not None:
+            parts.append(f"B={self.block_length}")
+        if self.mode == "diffusion" and self.has_threshold:
+            parts.append("fixed schedule" if self.threshold is None else f"t={self.threshold:g}")
+        return " ".join(parts)
+
+    def run(self, model, prompts, max_new_tokens: int, eos_token_id=None) -> RunRecord:
+        kwargs = {"threshold": self.threshold} if self.mode == "diffusion" and self.has_threshold else {}
+        return timed_decode(model, self.mode, prompts, max_new_tokens=max_new_tokens,
+                            block_length=None if self.mode == "ar" else self.block_length,
+                            eos_token_id=eos_token_id, **kwargs)
+
+
+def decode_text(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def score_rows(tokenizer, tasks, generated: list[list[int]]) -> list[float]:
+    """Exact-match score (1.0 / 0.0) of each row's generated ids against its task."""
+    from ..data.tasks import score
+
+    return [score(t, decode_text(tokenizer, g)) for t, g in zip(tasks, generated)]
+
+
+def eval_settings(model, config: EvalConfig) -> list[Setting]:
+    """AR first (the reference), then each mode; diffusion once per threshold."""
+    block = config.block_length or model.config.block_size
+    settings = [Setting("ar")]
+    for mode in config.modes:
+        if mode == "ar":
+            continue
+        if mode == "diffusion":
+            if config.thresholds:
+                settings += [Setting(mode, block, t, True) for t in config.thresholds]
+            else:
+                settings.append(Setting(mode, block, model.config.threshold, True))
+        else:
+            settings.append(Setting(mode, block))
+    return settings
+
+
+def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
+    """Run the evaluation; returns a JSON-ready result (see :func:`eval_markdown` for the table)."""
+    config = (config or EvalConfig()).validate()
+    started = time.perf_counter()
+    prompt_set = task_prompt_set(tokenizer, config.n_tasks, config.seed, config.families)
+    tasks = prompt_set.tasks
+    max_new = config.max_new_tokens or max(
+        len(tokenizer.encode(t.answer, add_special_tokens=False, split_special_tokens=True)) for t in tasks) + 17
+    longest = max(len(p) for p in prompt_set.prompts)
+    if longest + max_new > model.config.max_position_embeddings:
+        raise ValueError(f"the longest task prompt ({longest} tokens) + max_new_tokens {max_new} exceeds the "
+                         f"model's context of {model.config.max_position_embeddings} tokens; lower max_new_tokens")
+    settings = eval_settings(model, config)
+    records: dict[Setting, list[RunRecord]] = {s: [] for s in settings}
+    for i in range(0, len(tasks), config.batch_size):
+        batch = prompt_set.prompts[i:i + config.batch_size]
+        for s in settings:
+            records[s].append(s.run(model, batch, max_new))
+    reference = [g for r in records[settings[0]] for g in r.generated]
+    rows, per_task = [], {t.id: {"family": t.family} for t in tasks}
+    for s in settings:
+        generated = [g for r in records[s] for g in r.generated]
+        scores = score_rows(tokenizer, tasks, generated)
+        summary = summarize(records[s])
+        families = {}
+        for t, sc in zip(tasks, scores):
+            families.setdefault(t.family, []).append(sc)
+        rows.append({"setting": s.label, "mode": s.mode, "block_length": s.block_length,
+                     "threshold": s.threshold if s.has_threshold else None,
+                     "accuracy": sum(scores) / len(scores), "correct": int(sum(scores)), "n": len(scores),
+                     "identical_to_ar": identical_share(generated, reference),
+                     "family_accuracy": {f: sum(v) / len(v) for f, v in sorted(families.items())},
+                     "tpf": summary.tpf, "mean_acceptance": summary.mean_acceptance,
+                     "tokens_per_s": summary.tokens_per_s, "tokens": summary.tokens})
+        for t, sc, g, ref in zip(tasks, scores, generated, reference):
+            per_task[t.id][s.label] = {"correct": bool(sc), "identical_to_ar": g == ref}
+    return {"kind": "eval", "environment": environment(model), "config": asdict(config),
+            "prompt_set": prompt_set.description, "max_new_tokens": max_new, "rows": rows, "tasks": per_task,
+            "elapsed_s": time.perf_counter() - started}
+
+
+def eval_markdown(result: dict) -> str:
+    """The markdown body of an eval report: accuracy table and per-family breakdown."""
+    rows = result["rows"]
+    lines = [f"Tasks: {result['prompt_set']}; greedy; max_new_tokens {result['max_new_tokens']}; "
+             f"exact-match scoring.", "",
+             "| setting | accuracy | correct | identical to AR greedy | TPF | mean acceptance |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['accuracy']:.1%} | {r['correct']}/{r['n']} | "
+                     f"{r['identical_to_ar']:.1%} | {r['tpf']:.2f} | {r['mean_acceptance']:.2f} |")
+    families = list(rows[0]["family_accuracy"])
+    lines += ["", "Accuracy per task family:", "",
+              "| setting | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for r in rows:
+        lines.append(f"| {r['setting']} | " + " | ".join(f"{r['family_accuracy'][f]:.0%}" for f in families) + " |")
+    lines += ["", "Identical to AR greedy: share of outputs token-identical to AR's. The speculative modes are "
+              "lossless, so anything below 100% for them is a bug; for block diffusion it measures drift."]
+    return "\n".join(lines)

@@ -1,0 +1,392 @@
+"""Hardware-aware block length: ``block_length="auto"`` picks the B that maximises tokens/s here.
+
+On a GPU a forward of 32 tokens costs about what a forward of 1 does, so the
+largest block wins. On a CPU it does not (see CPU-FACTS: k = 8 costs ~2.7x
+k = 1), so the best block depends on the machine *and* on how many drafts the
+model gets accepted. This module measures both and combines them:
+
+    tokens/s (B) = tokens per cycle (B) / seconds per cycle (B)
+
+**Forward costs.** ``c(kind, k)``: median seconds of one forward of ``k`` new
+tokens after a cached prefix of ``prefix_tokens``, for the kinds the decoders
+run: ``write`` (causal, appends: verification, AR), ``peek`` (bidirectional
+block, drafter on: drafting, denoising) and ``quadratic`` (the fused
+``B + B*B`` layout). Rounds are interleaved over all (kind, k) so machine
+noise hits every k alike. Measured once per (device, dtype, threads) and
+cached on the model object (attribute ``_trimode_autotune``).
+
+**Seconds per cycle** (spec section 4):
+
+- linear-spec: ``c(peek, B) + c(write, B)`` (B = 1: no draft, ``c(write, 1)``);
+- quadratic-spec: ``c(quadratic, B)``, one forward over ``B + B*B`` tokens;
+  candidates are capped so that ``B*(B+1) <= max_quadratic_tokens``;
+- diffusion: measured directly, see below.
+
+**Tokens per cycle.** Speculative modes: one calibration run per prompt at
+the largest candidate ``B_cal`` records the accepted drafts of every cycle,
+``r`` (acceptance length - 1, capped at ``B_cal - 1``). For a smaller block
+the prediction is ``mean(min(r, B - 1)) + 1``. This is an approximation: it
+assumes a shorter block accepts the same prefix of drafts, i.e. that drafts
+do not depend on how many masks follow them, and that cycles would start at
+the same places. The last cycle of each calibration run is dropped (cut by
+EOS or ``max_new_tokens``, it would bias ``r`` low). ``trimode bench`` reports
+predicted against measured acceptance per B, so the approximation is checked
+on every run. Diffusion: denoising depends on the block, so each candidate B
+is run and its forwards counted: seconds per token =
+``(denoise_nfe * c(peek, B) + block_writes * c(write, B)) / tokens``.
+
+**Profile source.** :func:`calibrate` (the bench calls it with its own
+prompts) or, when ``auto`` is asked for before any calibration, a short run on
+generic prompts: a few tokens sampled from the model itself after BOS
+(seeded). Profiles are cached per mode and not refreshed from later calls, so
+``"auto"`` gives the same B on every call of a process.
+
+AR returns 1 (it has no block). Everything is injectable for tests:
+``cost`` (a function ``(kind, k) -> seconds``) and ``profile``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from ..cache import KVCache
+from ..masks import block_pattern, quadratic_pattern
+
+MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
+CostFn = Callable[[str, int], float]
+_CACHE_ATTR = "_trimode_autotune"
+
+
+@dataclass
+class AutotuneConfig:
+    """How ``auto`` measures (defaults keep it under ~2 s on a few-million-parameter model)."""
+
+    candidates: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    """Block lengths considered (capped by the context length)."""
+    prefix_tokens: int = 64
+    """Cached prefix the cost forwards attend to (prompt-sized)."""
+    repeats: int = 7
+    """Timed rounds per (kind, k); the median is kept."""
+    time_budget: float = 1.5
+    """Seconds after which cost rounds stop (at least 3 rounds always run)."""
+    max_quadratic_tokens: int = 72
+    """Cap on the quadratic forward width B*(B+1)."""
+    calibration_prompts: int = 2
+    """Generic prompts when no calibration was given."""
+    calibration_tokens: int = 48
+    """New tokens per calibration run."""
+    seed: int = 0
+
+    def validate(self) -> "AutotuneConfig":
+        if not self.candidates or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                                      for b in self.candidates):
+            raise ValueError(f"autotune candidates={self.candidates!r} must be positive integers")
+        for name in ("prefix_tokens", "repeats", "max_quadratic_tokens", "calibration_prompts",
+                     "calibration_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"autotune {name}={getattr(self, name)!r} must be >= 1")
+        return self
+
+
+@dataclass
+class AcceptanceProfile:
+    """What a mode achieves per cycle on some prompts.
+
+    Speculative modes: ``runs`` = accepted drafts per cycle measured at block ``block_length``.
+    Diffusion: ``diffusion`` = per candidate B, (tokens, denoise forwards, block writes).
+    """
+
+    mode: str
+    block_length: int = 1
+    runs: list[int] = field(default_factory=list)
+    diffusion: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    source: str = "given"
+
+    def tokens_per_cycle(self, block: int) -> float:
+        """Predicted tokens per cycle at ``block``: mean(min(r, block - 1)) + 1 (see module docstring)."""
+        if block > self.block_length and self.runs:
+            raise ValueError(f"profile measured at block {self.block_length} cannot predict block {block}")
+        if not self.runs:
+            return 1.0
+        return sum(min(r, block - 1) for r in self.runs) / len(self.runs) + 1
+
+    @classmethod
+    def from_acceptance(cls, mode: str, block_length: int, acceptance_lengths: list[int],
+                        source: str = "given") -> "AcceptanceProfile":
+        return cls(mode, block_length, [max(0, min(a - 1, block_length - 1)) for a in acceptance_lengths],
+                   source=source)
+
+
+@dataclass
+class BlockChoice:
+    """The decision and everything behind it (reported by ``trimode bench``)."""
+
+    mode: str
+    block_length: int
+    rows: list[dict]  # per candidate: block_length, tokens_per_cycle, seconds_per_cycle, tokens_per_s, speedup_vs_ar
+    ar_tokens_per_s: float
+    profile_source: str
+
+    @property
+    def predicted_speedup(self) -> float:
+        return next(r["speedup_vs_ar"] for r in self.rows if r["block_length"] == self.block_length)
+
+    def predicted_gain_over(self, block_length: int) -> float | None:
+        """Predicted tokens/s of the choice over ``block_length`` (None if not a candidate)."""
+        other = [r for r in self.rows if r["block_length"] == block_length]
+        return self.predicted_speedup / other[0]["speedup_vs_ar"] if other else None
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"predicted_speedup": self.predicted_speedup}
+
+
+@dataclass
+class _State:
+    """What is cached on a model object."""
+
+    costs: dict[tuple, dict[tuple[str, int], float]] = field(default_factory=dict)
+    profiles: dict[str, AcceptanceProfile] = field(default_factory=dict)
+    choices: dict[str, BlockChoice] = field(default_factory=dict)
+
+
+def _state(model) -> _State:
+    state = getattr(model, _CACHE_ATTR, None)
+    if state is None:
+        state = _State()
+        object.__setattr__(model, _CACHE_ATTR, state)  # a plain attribute, not a module or buffer
+    return state
+
+
+def clear_cache(model) -> None:
+    """Forget measured costs, profiles and choices (e.g. after loading another drafter)."""
+    if getattr(model, _CACHE_ATTR, None) is not None:
+        object.__setattr__(model, _CACHE_ATTR, _State())
+
+
+# ---------------------------------------------------------------- candidates
+def candidates_for(model, mode: str, config: AutotuneConfig) -> list[int]:
+    """The candidate blocks of ``mode`` that fit the model's context (and the quadratic cap)."""
+    limit = max(1, model.config.max_position_embeddings - config.prefix_tokens - 1)
+    out = [b for b in sorted(set(config.candidates)) if b <= limit]
+    if mode == "quadratic-spec":
+        out = [b for b in out if b * (b + 1) <= config.max_quadratic_tokens] or [1]
+    return out or [1]
+
+
+# ---------------------------------------------------------------- forward costs
+def _cost_inputs(model, kind: str, k: int, prefix: int, device):
+    """(tokens, kwargs) of one forward of ``kind`` with ``k`` block tokens after ``prefix`` cached ones."""
+    cfg = model.config
+    gen = torch.Generator().manual_seed(k)
+    low = min(7, cfg.vocab_size - 1)
+    if kind == "write":
+        return torch.randint(low, cfg.vocab_size, (1, k), generator=gen).to(device), {}
+    if kind == "peek":
+        tokens = torch.full((1, k), cfg.mask_token_id, dtype=torch.long, device=device)
+        return tokens, dict(attention_mask=block_pattern(k, device=device), cache_write=False, use_drafter=True)
+    if kind == "quadratic":
+        chain = torch.randint(low, cfg.vocab_size, (1, k), generator=gen).to(device)
+        groups = torch.full((1, k * k), cfg.mask_token_id, dtype=torch.long, device=device)
+        ar = torch.arange(k, device=device)
+        group_pos = (ar[:, None] + 1 + ar[None, :]).reshape(-1)
+        positions = (prefix + torch.cat([ar, group_pos]))[None]
+        return torch.cat([chain, groups], 1), dict(position_ids=positions, cache_write=False,
+                                                   attention_mask=quadratic_pattern(k, list(range(k)), k,
+                                                                                    device=device))
+    raise ValueError(f"forward kind {kind!r} is not one of write, peek, quadratic")
+
+
+def measure_forward_costs(model, needs: list[tuple[str, int]], config: AutotuneConfig | None = None
+                          ) -> dict[tuple[str, int], float]:
+    """Median seconds of each (kind, k) forward on this machine (interleaved rounds; see module docstring)."""
+    config = (config or AutotuneConfig()).validate()
+    param = next(model.parameters())
+    prefix = config.prefix_tokens
+    widest = max(k + k * k if kind == "quadratic" else k for kind, k in needs)
+    cache = KVCache.for_model(model, 1, prefix + widest + 1)
+    gen = torch.Generator().manual_seed(config.seed)
+    inputs = {key: _cost_inputs(model, *key, prefix, param.device) for key in needs}
+    samples: dict[tuple[str, int], list[float]] = {key: [] for key in needs}
+    with torch.no_grad():
+        cfg = model.config
+        model(torch.randint(min(7, cfg.vocab_size - 1), cfg.vocab_size, (1, prefix), generator=gen).to(param.device),
+              past_key_values=cache)
+        started = time.perf_counter()
+        for round_ in range(config.repeats + 1):  # round 0 warms every shape up, untimed
+            for key in needs:
+                tokens, kwargs = inputs[key]
+                t0 = time.perf_counter()
+                model(tokens, past_key_values=cache, **kwargs)
+                elapsed = time.perf_counter() - t0
+                cache.crop(prefix)
+                if round_:
+                    samples[key].append(elapsed)
+            if round_ >= 3 and time.perf_counter() - started > config.time_budget:
+                break
+    return {key: statistics.median(v) for key, v in samples.items()}
+
+
+def _needs(mode: str, blocks: list[int]) -> list[tuple[str, int]]:
+    needs = {("write", 1)}
+    for b in blocks:
+        if mode == "quadratic-spec":
+            needs.add(("quadratic", b))
+        elif b > 1:
+            needs |= {("write", b), ("peek", b)}
+    return sorted(needs)
+
+
+def forward_costs(model, mode: str, config: AutotuneConfig | None = None) -> CostFn:
+    """The cost function of ``mode``'s candidates on this machine, measured once and cached on the model."""
+    config = (config or AutotuneConfig()).validate()
+    param = next(model.parameters())
+    key = (str(param.device), str(param.dtype), torch.get_num_threads(), config.prefix_tokens)
+    table = _state(model).costs.setdefault(key, {})
+    missing = [n for n in _needs(mode, candidates_for(model, mode, config)) if n not in table]
+    if missing:
+        table.update(measure_forward_costs(model, missing, config))
+
+    def cost(kind: str, k: int) -> float:
+        if (kind, k) not in table:
+            table.update(measure_forward_costs(model, [(kind, k)], config))
+        return table[(kind, k)]
+
+    return cost
+
+
+# ---------------------------------------------------------------- acceptance
+def generic_prompts(model, config: AutotuneConfig) -> list[list[int]]:
+    """A few prompts sampled from the model itself after BOS (seeded): text the model finds plausible."""
+    cfg = model.config
+    bos = cfg.bos_token_id if cfg.bos_token_id is not None else 1
+    gen = torch.Generator().manual_seed(config.seed)
+    prompts = []
+    for _ in range(config.calibration_prompts):
+        out, _ = model.ar_generate([[bos]], max_new_tokens=16, temperature=1.0, generator=gen, eos_token_id=[])
+        prompts.append(out[0].tolist())
+    return prompts
+
+
+def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneConfig | None = None,
+              max_new_tokens: int | None = None, eos_token_id=None, source: str = "calibration prompts"
+              ) -> AcceptanceProfile:
+    """Measure ``mode``'s acceptance on ``prompts`` (one call per prompt) and cache it on the model."""
+    config = (config or AutotuneConfig()).validate()
+    _check_mode(mode)
+    if not prompts:
+        raise ValueError("calibrate needs at least one prompt")
+    n = max_new_tokens or config.calibration_tokens
+    blocks = candidates_for(model, mode, config)
+    if mode == "diffusion":
+        profile = AcceptanceProfile(mode, max(blocks), source=source)
+        for b in blocks:
+            tokens = denoise = writes = 0
+            for p in prompts:
+                _, _, st = model.decode_mode(mode, [p], max_new_tokens=n, block_length=b,
+                                             eos_token_id=eos_token_id, return_stats=True)
+                blocks_run = len(st.acceptance_lengths)
+                decode_nfe = st.nfe - st.prefill_forwards
+                w = min(blocks_run, decode_nfe)  # a block emitted without a write ends the row
+                tokens, denoise, writes = tokens + st.tokens_generated, denoise + decode_nfe - w, writes + w
+            profile.diffusion[b] = (tokens, denoise, writes)
+    elif mode in ("linear-spec", "quadratic-spec"):
+        b_cal = max(blocks)
+        runs: list[int] = []
+        for p in prompts:
+            _, _, st = model.decode_mode(mode, [p], max_new_tokens=n, block_length=b_cal,
+                                         eos_token_id=eos_token_id, return_stats=True)
+            runs += [max(0, min(a - 1, b_cal - 1)) for a in st.acceptance_lengths[:-1]]  # last cycle is cut
+        profile = AcceptanceProfile(mode, b_cal, runs, source=source)
+    else:
+        profile = AcceptanceProfile(mode, 1, source=source)
+    state = _state(model)
+    state.profiles[mode] = profile
+    state.choices.pop(mode, None)
+    return profile
+
+
+# ---------------------------------------------------------------- decision
+def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, candidates: list[int]) -> BlockChoice:
+    """Pure decision: predicted tokens/s per candidate, argmax (ties: the smaller block)."""
+    _check_mode(mode)
+    rows = []
+    ar_rate = 1.0 / cost("write", 1)
+    for b in sorted(candidates):
+        if mode == "diffusion":
+            if b not in profile.diffusion:
+                continue
+            tokens, denoise, writes = profile.diffusion[b]
+            if not tokens:
+                continue
+            seconds = denoise * cost("peek", b) + writes * cost("write", b)
+            per_cycle, spc = tokens / max(1, writes), seconds / max(1, writes)
+            rate = tokens / seconds if seconds > 0 else 0.0
+        else:
+            if mode in ("linear-spec", "quadratic-spec") and b > profile.block_length:
+                continue
+            per_cycle = profile.tokens_per_cycle(b) if mode != "ar" else 1.0
+            if mode == "quadratic-spec":
+                spc = cost("quadratic", b)
+            elif mode == "linear-spec" and b > 1:
+                spc = cost("peek", b) + cost("write", b)
+            else:
+                spc = cost("write", 1)
+            rate = per_cycle / spc
+        rows.append({"block_length": b, "tokens_per_cycle": per_cycle, "seconds_per_cycle": spc,
+                     "tokens_per_s": rate, "speedup_vs_ar": rate / ar_rate})
+    if not rows:
+        raise ValueError(f"no candidate block length of {sorted(candidates)} could be predicted for mode "
+                         f"{mode!r} (profile measured at block {profile.block_length})")
+    best = max(rows, key=lambda r: (r["tokens_per_s"], -r["block_length"]))
+    return BlockChoice(mode, best["block_length"], rows, ar_rate, profile.source)
+
+
+def auto_block_length(model, mode: str, *, cost: CostFn | None = None, profile: AcceptanceProfile | None = None,
+                      config: AutotuneConfig | None = None) -> int:
+    """The block length of ``mode`` that maximises predicted tokens/s on this machine (see module docstring).
+
+    The engine calls this for ``block_length="auto"``. The decision is cached on the model per mode
+    unless ``cost`` or ``profile`` is given.
+    """
+    return auto_block_choice(model, mode, cost=cost, profile=profile, config=config).block_length
+
+
+def auto_block_choice(model, mode: str, *, cost: CostFn | None = None, profile: AcceptanceProfile | None = None,
+                      config: AutotuneConfig | None = None) -> BlockChoice:
+    """Like :func:`auto_block_length`, returning the whole :class:`BlockChoice`."""
+    _check_mode(mode)
+    config = (config or AutotuneConfig()).validate()
+    state = _state(model)
+    injected = cost is not None or profile is not None
+    if not injected and mode in state.choices:
+        return state.choices[mode]
+    if mode == "ar":
+        choice = BlockChoice(mode, 1, [{"block_length": 1, "tokens_per_cycle": 1.0, "seconds_per_cycle": None,
+                                        "tokens_per_s": None, "speedup_vs_ar": 1.0}], 0.0, "ar has no block")
+    else:
+        if profile is None:
+            profile = state.profiles.get(mode)
+        if profile is None:
+            profile = calibrate(model, mode, generic_prompts(model, config), config=config,
+                                source="generic prompts sampled from the model")
+        candidates = candidates_for(model, mode, config)
+        choice = choose_block_length(mode, profile, cost or forward_costs(model, mode, config), candidates)
+    if not injected:
+        state.choices[mode] = choice
+    return choice
+
+
+def last_choice(model, mode: str) -> BlockChoice | None:
+    """The cached ``auto`` decision of ``mode`` for this model, if any."""
+    state = getattr(model, _CACHE_ATTR, None)
+    return None if state is None else state.choices.get(mode)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")

@@ -1,0 +1,223 @@
+"""Rendering results as files: JSON, markdown reports, the one-minute RESULTS.md, PNG plots.
+
+Every markdown report starts with the exact command that produced it and the
+environment manifest, so a number can always be traced to a machine and a
+commit. Times are shown in milliseconds, rates with one decimal, ratios with
+two; missing values as "-".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .environment import environment_markdown
+
+
+def _f(v, spec: str = ".2f", scale: float = 1.0, suffix: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        return f"{v * scale:{spec}}{suffix}"
+    return str(v)
+
+
+def _ms(v) -> str:
+    return _f(v, ".1f", 1e3)
+
+
+def _x(v) -> str:
+    return _f(v, ".2f", suffix="x")
+
+
+def header(title: str, command: str, env: dict) -> list[str]:
+    return [f"# {title}", "", "Command:", "", "```", command, "```", "", "## Environment", "",
+            environment_markdown(env), ""]
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- eval
+def write_eval_files(result: dict, out_dir: Path, command: str) -> list[Path]:
+    from .accuracy import eval_markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = header(f"trimode eval: {result.get('model', 'model')}", command, result["environment"])
+    md += ["## Accuracy on held-out tasks", "", eval_markdown(result), "",
+           f"Finished in {result['elapsed_s']:.1f} s."]
+    return [write_json(out_dir / "eval.json", result), _write(out_dir / "eval.md", md)]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- bench
+MAIN_COLUMNS = ["engine", "tokens", "nfe", "prefill fwd", "TPF", "accept mean", "drafted / accepted / rolled back",
+                "TTFT P50 ms", "latency P50 ms", "latency P95 ms", "tok/s", "vs AR", "vs transformers",
+                "identical to AR"]
+
+
+def _main_row(r: dict) -> list[str]:
+    drafts = f"{r['drafted']} / {r['accepted']} / {r['rolled_back']}" if r["drafted"] else "-"
+    is_base = r["mode"] == "transformers"
+    return [r["engine"] + (" (accuracy " + _f(r["accuracy"], ".0%") + ")" if "accuracy" in r else ""),
+            str(r["tokens"]), "-" if is_base else str(r["nfe"]), "-" if is_base else str(r["prefill_forwards"]),
+            "-" if is_base else _f(r["tpf"]), "-" if is_base else _f(r["mean_acceptance"]), drafts,
+            _ms(r["ttft_p50"]), _ms(r["latency_p50"]), _ms(r["latency_p95"]), _f(r["tokens_per_s"], ".1f"),
+            _x(r["vs_ar"]), _x(r["vs_transformers"]), _f(r.get("identical_to_ar"), ".0%")]
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[str]:
+    cfg, info = result["config"], result["model_info"]
+    md = header(f"trimode bench: {result['model']}", command, result["environment"])
+    md += ["## Setup", "",
+           f"- model: {info['parameters'] / 1e6:.2f}M parameters, config block_size {info['block_size']}, "
+           f"threshold {info['threshold']}, LoRA drafter: {'yes' if info['has_drafter'] else 'no'}",
+           f"- decoding: greedy, max_new_tokens {result['max_new_tokens']} (rows also stop at EOS), "
+           f"block length {result['block_length']}, diffusion threshold {result['threshold']}",
+           *[f"- prompts `{k}`: {v}" for k, v in result["prompt_sets"].items()],
+           f"- baseline: {result['baseline'] or 'off'} (same weights, exported to a temporary directory and "
+           f"loaded with `from_pretrained`), interleaved call by call with trimode's runs",
+           f"- load average at start / end: {result['environment']['load_average']} / "
+           f"{result['environment_end']['load_average']} (2 cores: anything above ~0.5 at start means "
+           "another process competed for the CPU)", ""]
+    md += ["## Every mode, same prompts, same run", "",
+           "TPF = generated tokens / forwards (prefill included; prompt tokens never count). Accept mean = tokens "
+           "per cycle and row, bonus included (AR = 1; a diffusion block emits the whole block). tok/s = generated "
+           "tokens / wall time around the calls. Ratios are within the same table (same prompts, same batch).", ""]
+    for table in result["main"]:
+        md += [f"### {table['prompt_set']} prompts, batch {table['batch_size']}", ""]
+        md += _table(MAIN_COLUMNS, [_main_row(r) for r in table["rows"]])
+        if table.get("baseline_mismatches"):
+            md += ["", f"Warning: on {table['baseline_mismatches']} prompt(s) transformers' greedy tokens differ "
+                   "from trimode AR's (near-tie argmax flips between the two numerics)."]
+        hist = [f"`{r['engine']}`: {r['acceptance_histogram']}" for r in table["rows"]
+                if r["mode"] in ("linear-spec", "quadratic-spec")]
+        if hist:
+            md += ["", "Acceptance-length histograms (length: cycles): " + "; ".join(hist)]
+        md += [""]
+    if "acceptance" in plots:
+        md += [f"![acceptance histograms]({plots['acceptance']})", ""]
+    if result.get("sol"):
+        md += ["## SOL: oracle diffusion TPF at the same block length", "",
+               "The oracle commits, at every denoising step, every masked position whose argmax already equals the "
+               "AR greedy reference (and the leftmost one with the reference token if none does): an upper bound "
+               "for confidence-based samplers. Batch 1.", ""]
+        rows = []
+        for s in result["sol"]:
+            samplers = ", ".join(f"{m} {v['tpf']:.2f} ({_f(v['share_of_sol'], '.0%')} of SOL)"
+                                 for m, v in s["samplers"].items())
+            rows.append([s["prompt_set"], str(result["block_length"]), _f(s["tpf"]), samplers or "-",
+                         _f(s["reference_reproduced"], ".0%")])
+        md += _table(["prompts", "block", "SOL TPF", "sampler TPF (share of SOL)", "oracle reproduced AR"], rows)
+        md += [""]
+    if result.get("threshold_sweep"):
+        sw = result["threshold_sweep"]
+        md += [f"## Threshold sweep (diffusion, block {sw['block_length']}, {sw['prompt_set']} prompts, batch 1)", ""]
+        rows = [[r["engine"], _f(r["tpf"]), _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"]),
+                 _f(r.get("accuracy"), ".0%"), _f(r.get("identical_to_ar"), ".0%")] for r in sw["rows"]]
+        md += _table(["setting", "TPF", "tok/s", "vs AR", "accuracy", "identical to AR"], rows) + [""]
+        if "threshold" in plots:
+            md += [f"![threshold sweep]({plots['threshold']})", ""]
+    if result.get("autotune"):
+        at = result["autotune"]
+        md += ["## Auto block length (`block_length=\"auto\"`)", "",
+               f"Forward costs measured on this machine; acceptance calibrated on the {at['prompt_set']} sweep prompts. "
+               "Predicted tokens per cycle for block B = mean(min(accepted run, B-1)) + 1 from one calibration run at "
+               "the largest candidate (speculative modes); diffusion runs every candidate. The chosen B is then run "
+               "through the engine's `block_length=\"auto\"`, interleaved with AR and the config's block.", ""]
+        rows = [[r["mode"], str(r["chosen_block_length"]), str(r["default_block_length"]),
+                 _x(r["predicted_speedup_vs_ar"]), _x(r["measured_speedup_vs_ar"]),
+                 _x(r["predicted_gain_vs_default"]), _x(r["measured_gain_vs_default"])] for r in at["rows"]]
+        md += _table(["mode", "chosen B", "config B", "predicted vs AR", "measured vs AR", "predicted vs config B",
+                      "measured vs config B"], rows) + [""]
+        md += ["Cost of one causal write forward of k tokens after a cached prefix, relative to k = 1:", ""]
+        md += _table(["k", "ms", "relative"], [[str(c["k"]), _ms(c["write_s"]), _x(c["relative_to_k1"])]
+                                                for c in at["forward_costs"]]) + [""]
+        for r in at["rows"]:
+            md += [f"Predictions for {r['mode']}:", ""]
+            md += _table(["B", "tokens / cycle", "ms / cycle", "predicted vs AR"],
+                         [[str(c["block_length"]), _f(c["tokens_per_cycle"]), _ms(c["seconds_per_cycle"]),
+                           _x(c["speedup_vs_ar"])] for c in r["candidates"]]) + [""]
+        if "autotune" in plots:
+            md += [f"![auto block length]({plots['autotune']})", ""]
+    if result.get("block_sweep"):
+        bs = result["block_sweep"]
+        md += [f"## Block-length sweep ({bs['prompt_set']} prompts, batch 1)", "",
+               "`accept mean` is measured; `predicted` is what the auto block length's approximation expected from "
+               "its calibration run (speculative modes).", ""]
+        rows = [[r["engine"], _f(r["tpf"]), _f(r["mean_acceptance"]), _f(r.get("predicted_acceptance")),
+                 _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"])] for r in bs["rows"]]
+        md += _table(["setting", "TPF", "accept mean", "predicted", "tok/s", "vs AR"], rows) + [""]
+        if bs.get("sol"):
+            md += _table(["block", "SOL TPF"], [[str(s["block_length"]), _f(s["tpf"])] for s in bs["sol"]]) + [""]
+        if "blocks" in plots:
+            md += [f"![block-length sweep]({plots['blocks']})", ""]
+    if result.get("goals"):
+        md += ["## Goals (task prompts, batch 1, this run)", ""]
+        md += _goals_table(result["goals"]) + [""]
+    md += [f"Finished in {result['elapsed_s']:.0f} s."]
+    return md
+
+
+def _goals_table(goals: list[dict]) -> list[str]:
+    return _table(["goal", "target", "measured", "met", "setting"],
+                  [[g["goal"], _f(g["target"]), _f(g["value"]), "yes" if g["met"] else "no", g["detail"] or "-"]
+                   for g in goals])
+
+
+def results_markdown(result: dict, command: str) -> list[str]:
+    """RESULTS.md: what a newcomer needs in one minute."""
+    env = result["environment"]
+    md = [f"# Results in one minute: {result['model']}", "",
+          f"`{command}` on {env['cpu']} ({env['threads']} threads, torch {env['torch']}, {env['dtype']}, "
+          f"commit {env['commit']}). Full report: [bench.md](bench.md).", ""]
+    table = next((t for t in result.get("main", []) if t["batch_size"] == 1), None)
+    if table:
+        md += [f"Batch 1, {table['prompt_set']} prompts, greedy, {result['max_new_tokens']} new tokens, block "
+               f"{result['block_length']}:", ""]
+        md += _table(["engine", "TPF", "accept mean", "tok/s", "vs AR", "vs transformers"],
+                     [[r["engine"], "-" if r["mode"] == "transformers" else _f(r["tpf"]),
+                       "-" if r["mode"] == "transformers" else _f(r["mean_acceptance"]),
+                       _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"]), _x(r["vs_transformers"])]
+                      for r in table["rows"]]) + [""]
+    for r in result.get("autotune", {}).get("rows", []):
+        md.append(f"- `block_length=\"auto\"` picks B={r['chosen_block_length']} for {r['mode']} on this machine: "
+                  f"{_x(r['measured_speedup_vs_ar'])} AR tokens/s (predicted {_x(r['predicted_speedup_vs_ar'])}), "
+                  f"{_x(r['measured_gain_vs_default'])} the config's B={r['default_block_length']}.")
+    for s in result.get("sol", []):
+        md.append(f"- SOL (oracle diffusion) TPF on {s['prompt_set']} prompts at block {result['block_length']}: "
+                  f"{s['tpf']:.2f}; " + ", ".join(f"{m} reaches {_f(v['share_of_sol'], '.0%')}"
+                                                  for m, v in s["samplers"].items()) + ".")
+    if result.get("goals"):
+        md += ["", "Goals:", ""] + _goals_table(result["goals"])
+    md += ["", "Read ratios, not absolute times: on a shared 2-core machine timings move by 10-25% between runs."]
+    return md
+
+
+def write_bench_files(result: dict, out_dir: Path, command: str, plots: bool = True) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = dict(result, command=command)
+    written, plot_names = [], {}
+    if plots:
+        from .plots import bench_plots
+
+        for key, path in bench_plots(result, out_dir).items():
+            plot_names[key] = path.name
+            written.append(path)
+    written.append(write_json(out_dir / "bench.json", result))
+    written.append(_write(out_dir / "bench.md", bench_markdown(result, command, plot_names)))
+    written.append(_write(out_dir / "RESULTS.md", results_markdown(result, command)))
+    return written

@@ -1,0 +1,31 @@
+"""Training pipeline of tri-mode models: ``ar`` -> ``joint`` -> ``sft`` -> ``drafter`` (spec section 3).
+
+Files (each small, one job):
+
+- ``config.py``: typed configs (:class:`TrainConfig`, :class:`ModelSpec`,
+  :class:`DrafterConfig`), presets ``debug`` / ``tiny`` (:data:`PRESETS`), ``key=value`` overrides.
+- ``trainer.py``: :func:`train`, the one loop every stage shares (DDP, grad accumulation,
+  global loss normalisation, logging, eval, checkpoints, exact resume).
+- ``stages.py``: what differs per stage: model init (new / trimode / converted HF),
+  tokenizer, data, objective, export.
+- ``objectives.py``: AR cross-entropy and the joint AR + diffusion loss as sums.
+- ``drafter.py``: the LoRA drafter and its self-distillation objective.
+- ``data.py``: code + task streams, SFT packing, global-batch sharding, per-sample seeds.
+- ``convert.py``: Llama / Mistral / Ministral-3 ``transformers`` checkpoints -> trimode.
+- ``optim.py``: AdamW + warmup-stable-decay; ``checkpoint.py``: atomic safetensors + JSON
+  checkpoints; ``distributed.py``: the usual DDP setup; ``logs.py``: JSONL, tqdm, PNG.
+
+Library use (the CLI ``trimode train`` is a thin map onto this)::
+
+    from trimode.training import preset_config, train
+    cfg = preset_config("debug", "ar")
+    train(cfg, out="runs/ar")
+    train(preset_config("debug", "joint"), out="runs/joint", init="runs/ar")
+"""
+
+from .config import PRESETS, DrafterConfig, ModelSpec, TrainConfig, apply_overrides, debug, preset_config, tiny
+from .convert import Converted, convert_hf_checkpoint
+from .trainer import TrainResult, train
+
+__all__ = ["PRESETS", "DrafterConfig", "ModelSpec", "TrainConfig", "apply_overrides", "debug", "preset_config",
+           "tiny", "Converted", "convert_hf_checkpoint", "TrainResult", "train"]
