@@ -83,3 +83,12 @@ def test_seeded_generation_is_reproducible_and_uses_no_global_rng():
         torch.manual_seed(123)  # the global RNG must not matter
         b, _ = model.decode_mode(mode, [[5, 6, 7]], generator=torch.Generator().manual_seed(3), **kw)
         assert torch.equal(a, b), mode
+
+
+def test_extreme_sampling_values_never_give_nan():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0 - 1e-3]])
+    for params in (SamplingParams(temperature=1e-300), SamplingParams(temperature=1.0, top_p=5e-324),
+                   SamplingParams(temperature=1e-30, top_p=1e-9, top_k=1)):
+        probs = probabilities(logits, params)
+        assert torch.isfinite(probs).all() and probs.sum().item() == pytest.approx(1)
+        assert probs.argmax().item() == 1

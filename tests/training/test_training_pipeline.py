@@ -9,6 +9,7 @@ import torch
 from trimode.cli import main
 from trimode.data.tasks import format_prompt, generate_tasks
 from trimode.loading import DRAFTER_SUBFOLDER, load
+from trimode.training import preset_config
 
 
 def _log(path):
@@ -36,8 +37,8 @@ def test_debug_pipeline_end_to_end(tmp_path, capsys):
     for stage, d in dirs.items():
         for name in ("config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl", "train_config.json"):
             assert (d / name).is_file(), f"{stage}: {name} missing"
-        assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["step-00000010", "step-00000020"] \
-            if stage != "ar" else ["step-00000020", "step-00000030"]
+        kept = ["step-00000020", "step-00000030"] if stage == "ar" else ["step-00000010", "step-00000020"]
+        assert sorted(p.name for p in (d / "checkpoints").iterdir()) == kept  # every 10 steps, newest 2 kept
         pickles = [p for p in d.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
         assert not pickles, f"{stage}: pickled files {pickles}"
         records = _log(d)
@@ -75,4 +76,9 @@ def test_debug_pipeline_end_to_end(tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[debug pipeline] 4 stages trained in {train_time:.1f}s; linear-spec TPF "
               f"without drafter {_tpf(base, prompts):.2f}, with drafter {_tpf(model, prompts):.2f}")
-    assert train_time < 60
+    # "Trains in seconds" as a deterministic budget (wall clock on a shared 2-core machine is not):
+    # about 25-30 s for the four stages on an idle 2-core CPU, printed above.
+    cfgs = [preset_config("debug", s) for s in ("ar", "joint", "sft", "drafter")]
+    assert [s["steps"] for s in summaries] == [c.steps for c in cfgs]
+    budget = sum(c.steps * c.micro_batch * c.grad_accum * c.seq_len for c in cfgs)
+    assert budget <= 50_000 and max(c.model.hidden_size for c in cfgs) <= 64, budget

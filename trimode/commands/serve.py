@@ -89,7 +89,8 @@ def register(sub) -> None:
     g.add_argument("--auto-window", type=positive_int, default=a.window,
                    help="verification cycles in the rolling acceptance (default: %(default)s)")
     g.add_argument("--auto-probe-every", type=positive_int, default=a.probe_every,
-                   help="while below the floor, speculate every Nth auto batch to re-measure (default: %(default)s)")
+                   help="while below the floor, speculate on the Nth auto batch to re-measure acceptance; the "
+                        "interval doubles while acceptance stays low (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -101,7 +102,8 @@ def config_from_args(args: argparse.Namespace):
     auto = AutoModeConfig(spec_mode=args.auto_spec_mode, max_load_for_spec=args.auto_max_load,
                           acceptance_floor=args.auto_acceptance_floor, window=args.auto_window,
                           min_samples=min(AutoModeConfig.min_samples, args.auto_window),
-                          probe_every=args.auto_probe_every)
+                          probe_every=args.auto_probe_every,
+                          max_probe_every=max(AutoModeConfig.max_probe_every, args.auto_probe_every))
     return ServerConfig(model=args.model, mode=args.mode, host=args.host, port=args.port,
                         served_model_name=args.served_model_name, max_batch_size=args.max_batch_size,
                         max_queue=args.max_queue, batch_wait=args.batch_wait, request_timeout=args.timeout,

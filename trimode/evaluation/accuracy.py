@@ -15,9 +15,12 @@ Design choices:
   spent on runaway outputs. It is a cap only; models never see the answers.
 - Outputs are decoded with ``skip_special_tokens=False`` so :func:`score` cuts
   them at the first EOS string itself.
-- Batched (``batch_size`` rows per call) for throughput; rows decode
-  independently, so accuracy does not depend on the batch size. Speed numbers
-  here are only indicative; ``trimode bench`` measures speed properly.
+- Batched (``batch_size`` rows per call) for throughput. Rows decode
+  independently, except that a diffusion row still running when another row
+  sets a wider final block may denoise that last block differently (and
+  batched float sums can flip a near-tie argmax): use ``batch_size=1`` for
+  numbers that must not depend on batching. Speed numbers here are only
+  indicative; ``trimode bench`` measures speed properly.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ class Setting:
     """One decoding configuration: mode + block length (+ threshold for diffusion)."""
 
     mode: str
-    block_length: int | None = None
+    block_length: int | str | None = None  # an int, "auto", or None (the config's block)
     threshold: float | None = None
     has_threshold: bool = False  # distinguishes "threshold=None (fixed schedule)" from "config default"
 
@@ -130,12 +133,22 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
     started = time.perf_counter()
     prompt_set = task_prompt_set(tokenizer, config.n_tasks, config.seed, config.families)
     tasks = prompt_set.tasks
-    max_new = config.max_new_tokens or max(
-        len(tokenizer.encode(t.answer, add_special_tokens=False, split_special_tokens=True)) for t in tasks) + 17
     longest = max(len(p) for p in prompt_set.prompts)
-    if longest + max_new > model.config.max_position_embeddings:
+    room = model.config.max_position_embeddings - longest
+    note = ""
+    if config.max_new_tokens is None:
+        max_new = max(len(tokenizer.encode(t.answer, add_special_tokens=False, split_special_tokens=True))
+                      for t in tasks) + 17
+        if max_new > room:  # a short-context model: use what fits, and say so in the report
+            note = (f"max_new_tokens capped at {room} by the model's context of "
+                    f"{model.config.max_position_embeddings} tokens (longest answer needs {max_new - 16})")
+            max_new = room
+    else:
+        max_new = config.max_new_tokens
+    if max_new < 1 or max_new > room:
         raise ValueError(f"the longest task prompt ({longest} tokens) + max_new_tokens {max_new} exceeds the "
-                         f"model's context of {model.config.max_position_embeddings} tokens; lower max_new_tokens")
+                         f"model's context of {model.config.max_position_embeddings} tokens; lower max_new_tokens "
+                         f"or n_tasks")
     settings = eval_settings(model, config)
     records: dict[Setting, list[RunRecord]] = {s: [] for s in settings}
     for i in range(0, len(tasks), config.batch_size):
@@ -161,7 +174,8 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
         for t, sc, g, ref in zip(tasks, scores, generated, reference):
             per_task[t.id][s.label] = {"correct": bool(sc), "identical_to_ar": g == ref}
     return {"kind": "eval", "environment": environment(model), "config": asdict(config),
-            "prompt_set": prompt_set.description, "max_new_tokens": max_new, "rows": rows, "tasks": per_task,
+            "prompt_set": prompt_set.description, "max_new_tokens": max_new, "note": note, "rows": rows,
+            "tasks": per_task,
             "elapsed_s": time.perf_counter() - started}
 
 
@@ -169,7 +183,7 @@ def eval_markdown(result: dict) -> str:
     """The markdown body of an eval report: accuracy table and per-family breakdown."""
     rows = result["rows"]
     lines = [f"Tasks: {result['prompt_set']}; greedy; max_new_tokens {result['max_new_tokens']}; "
-             f"exact-match scoring.", "",
+             f"exact-match scoring." + (f" Note: {result['note']}." if result.get("note") else ""), "",
              "| setting | accuracy | correct | identical to AR greedy | TPF | mean acceptance |",
              "|---|---|---|---|---|---|"]
     for r in rows:

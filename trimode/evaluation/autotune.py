@@ -7,20 +7,35 @@ model gets accepted. This module measures both and combines them:
 
     tokens/s (B) = tokens per cycle (B) / seconds per cycle (B)
 
-**Forward costs.** ``c(kind, k)``: median seconds of one forward of ``k`` new
-tokens after a cached prefix of ``prefix_tokens``, for the kinds the decoders
-run: ``write`` (causal, appends: verification, AR), ``peek`` (bidirectional
-block, drafter on: drafting, denoising) and ``quadratic`` (the fused
-``B + B*B`` layout). Rounds are interleaved over all (kind, k) so machine
-noise hits every k alike. Measured once per (device, dtype, threads) and
-cached on the model object (attribute ``_trimode_autotune``).
+**Forward costs.** ``c(kind, k)``: seconds of one forward of ``k`` new tokens
+after a cached prefix of ``prefix_tokens``, for the kinds the decoders run:
+``write`` (causal, appends: verification, AR), ``peek`` (bidirectional block,
+drafter on: drafting, denoising) and ``quadratic`` (the fused ``B + B*B``
+layout). Rounds are interleaved over all (kind, k) so machine noise hits every
+k alike, and the *fastest* round is kept: on a shared machine noise only ever
+adds time, so the minimum is the steadiest estimate of a forward's own cost.
+Per kind, costs are then made non-decreasing in k (a wider forward never costs
+less; a dip is leftover noise). Measured once per (device, dtype, threads)
+and cached on the model object (attribute ``_trimode_autotune``).
+
+Each timed call is a forward plus the softmax/argmax the decoders apply to
+its logits (for the quadratic layout, ``B + B*B`` rows of logits).
 
 **Seconds per cycle** (spec section 4):
 
-- linear-spec: ``c(peek, B) + c(write, B)`` (B = 1: no draft, ``c(write, 1)``);
+- linear-spec: ``c(peek, B) + c(write, B)`` (B = 1 drafts nothing: an AR step);
 - quadratic-spec: ``c(quadratic, B)``, one forward over ``B + B*B`` tokens;
   candidates are capped so that ``B*(B+1) <= max_quadratic_tokens``;
-- diffusion: measured directly, see below.
+- diffusion: measured directly, see below (B = 1 is an AR step too);
+
+plus a per-cycle *overhead*: what the decoder spends outside those calls
+(acceptance, emission, cache bookkeeping; it dominates for tiny models). It is
+the residual between the calibration run's wall time (after its first token)
+and what the costs above predict for it, per cycle, at the calibration block,
+and is assumed the same for every B. AR's rate is measured the same way (a
+short AR run on the calibration prompts). So at the calibration block the
+prediction reproduces the measured speed, and other blocks differ from it by
+the measured cost of their forwards and their predicted acceptance.
 
 **Tokens per cycle.** Speculative modes: one calibration run per prompt at
 the largest candidate ``B_cal`` records the accepted drafts of every cycle,
@@ -47,7 +62,6 @@ AR returns 1 (it has no block). Everything is injectable for tests:
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -98,7 +112,7 @@ class AcceptanceProfile:
     """What a mode achieves per cycle on some prompts.
 
     Speculative modes: ``runs`` = accepted drafts per cycle measured at block ``block_length``.
-    Diffusion: ``diffusion`` = per candidate B, (tokens, denoise forwards, block writes).
+    Diffusion: ``diffusion`` = per candidate B, (decode tokens, denoise forwards, block writes).
     """
 
     mode: str
@@ -106,6 +120,13 @@ class AcceptanceProfile:
     runs: list[int] = field(default_factory=list)
     diffusion: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     source: str = "given"
+    decode_seconds: float = 0.0
+    """Wall time after the first token, summed over the calibration calls at ``block_length`` (0: unknown)."""
+    ar_decode_seconds: float = 0.0
+    """The same for AR on the same prompts (0: unknown, AR's rate is then 1 / c(write, 1))."""
+    ar_steps: int = 0
+    cycles: int = 0
+    """Cycles of the speculative calibration calls (for the overhead per cycle)."""
 
     def tokens_per_cycle(self, block: int) -> float:
         """Predicted tokens per cycle at ``block``: mean(min(r, block - 1)) + 1 (see module docstring)."""
@@ -203,7 +224,7 @@ def _cost_inputs(model, kind: str, k: int, prefix: int, device):
 
 def measure_forward_costs(model, needs: list[tuple[str, int]], config: AutotuneConfig | None = None
                           ) -> dict[tuple[str, int], float]:
-    """Median seconds of each (kind, k) forward on this machine (interleaved rounds; see module docstring)."""
+    """Seconds of each (kind, k) forward on this machine (fastest of interleaved rounds; see module docstring)."""
     config = (config or AutotuneConfig()).validate()
     param = next(model.parameters())
     prefix = config.prefix_tokens
@@ -221,14 +242,20 @@ def measure_forward_costs(model, needs: list[tuple[str, int]], config: AutotuneC
             for key in needs:
                 tokens, kwargs = inputs[key]
                 t0 = time.perf_counter()
-                model(tokens, past_key_values=cache, **kwargs)
+                logits = model(tokens, past_key_values=cache, **kwargs).logits
+                logits.float().softmax(-1).argmax(-1)  # what the decoders do with them (greedy)
                 elapsed = time.perf_counter() - t0
                 cache.crop(prefix)
                 if round_:
                     samples[key].append(elapsed)
             if round_ >= 3 and time.perf_counter() - started > config.time_budget:
                 break
-    return {key: statistics.median(v) for key, v in samples.items()}
+    best = {key: min(v) for key, v in samples.items()}
+    for kind in {kind for kind, _ in best}:
+        running = 0.0
+        for k in sorted(k for kd, k in best if kd == kind):
+            running = best[(kind, k)] = max(best[(kind, k)], running)
+    return best
 
 
 def _needs(mode: str, blocks: list[int]) -> list[tuple[str, int]]:
@@ -273,37 +300,55 @@ def generic_prompts(model, config: AutotuneConfig) -> list[list[int]]:
 
 
 def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneConfig | None = None,
-              max_new_tokens: int | None = None, eos_token_id=None, source: str = "calibration prompts"
-              ) -> AcceptanceProfile:
-    """Measure ``mode``'s acceptance on ``prompts`` (one call per prompt) and cache it on the model."""
+              max_new_tokens: int | None = None, eos_token_id=None, threshold=None,
+              source: str = "calibration prompts") -> AcceptanceProfile:
+    """Measure ``mode``'s acceptance on ``prompts`` (one call per prompt) and cache it on the model.
+
+    ``threshold``: diffusion only (None: the config's threshold).
+    """
     config = (config or AutotuneConfig()).validate()
     _check_mode(mode)
     if not prompts:
         raise ValueError("calibrate needs at least one prompt")
     n = max_new_tokens or config.calibration_tokens
     blocks = candidates_for(model, mode, config)
+
+    def timed(m: str, prompt: list[int], **kw):
+        start = time.perf_counter()
+        _, _, st = model.decode_mode(m, [prompt], max_new_tokens=n, eos_token_id=eos_token_id, return_stats=True,
+                                     **kw)
+        return st, time.perf_counter() - start - (st.time_to_first_token or 0.0)  # decode wall time
+
     if mode == "diffusion":
         profile = AcceptanceProfile(mode, max(blocks), source=source)
+        extra = {} if threshold is None else {"threshold": threshold}
         for b in blocks:
             tokens = denoise = writes = 0
             for p in prompts:
-                _, _, st = model.decode_mode(mode, [p], max_new_tokens=n, block_length=b,
-                                             eos_token_id=eos_token_id, return_stats=True)
+                st, seconds = timed(mode, p, block_length=b, **extra)
+                if b == max(blocks):
+                    profile.decode_seconds += seconds
                 blocks_run = len(st.acceptance_lengths)
                 decode_nfe = st.nfe - st.prefill_forwards
                 w = min(blocks_run, decode_nfe)  # a block emitted without a write ends the row
-                tokens, denoise, writes = tokens + st.tokens_generated, denoise + decode_nfe - w, writes + w
+                # decode tokens only (the prefill's token is the same for every B)
+                tokens += sum(st.acceptance_lengths)
+                denoise, writes = denoise + decode_nfe - w, writes + w
             profile.diffusion[b] = (tokens, denoise, writes)
     elif mode in ("linear-spec", "quadratic-spec"):
         b_cal = max(blocks)
-        runs: list[int] = []
+        profile = AcceptanceProfile(mode, b_cal, source=source)
         for p in prompts:
-            _, _, st = model.decode_mode(mode, [p], max_new_tokens=n, block_length=b_cal,
-                                         eos_token_id=eos_token_id, return_stats=True)
-            runs += [max(0, min(a - 1, b_cal - 1)) for a in st.acceptance_lengths[:-1]]  # last cycle is cut
-        profile = AcceptanceProfile(mode, b_cal, runs, source=source)
+            st, seconds = timed(mode, p, block_length=b_cal)
+            profile.runs += [max(0, min(a - 1, b_cal - 1)) for a in st.acceptance_lengths[:-1]]  # last one is cut
+            profile.decode_seconds += seconds
+            profile.cycles += len(st.acceptance_lengths)
     else:
         profile = AcceptanceProfile(mode, 1, source=source)
+    for p in prompts:  # AR on the same prompts: the rate every prediction is relative to
+        st, seconds = timed("ar", p)
+        profile.ar_decode_seconds += seconds
+        profile.ar_steps += len(st.acceptance_lengths)
     state = _state(model)
     state.profiles[mode] = profile
     state.choices.pop(mode, None)
@@ -314,28 +359,51 @@ def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneCon
 def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, candidates: list[int]) -> BlockChoice:
     """Pure decision: predicted tokens/s per candidate, argmax (ties: the smaller block)."""
     _check_mode(mode)
+
+    def forwards(b: int) -> float:  # seconds of one cycle's forwards (speculative modes)
+        if mode == "quadratic-spec":
+            return cost("quadratic", b)
+        if mode == "linear-spec" and b > 1:
+            return cost("peek", b) + cost("write", b)
+        return cost("write", 1)
+
+    def diffusion_forwards(b: int) -> tuple[float, int]:  # (seconds of the forwards, their number)
+        _, denoise, writes = profile.diffusion[b]
+        return denoise * cost("peek", b) + writes * cost("write", b), denoise + writes
+
+    # Overheads: calibration wall time the forward costs do not explain (see module docstring).
+    ar_step = cost("write", 1)
+    if profile.ar_steps and profile.ar_decode_seconds > 0:
+        ar_step = max(ar_step, profile.ar_decode_seconds / profile.ar_steps)
+    overhead = 0.0  # per cycle (speculative) or per forward (diffusion)
+    if profile.decode_seconds > 0:
+        if mode == "diffusion" and profile.block_length in profile.diffusion:
+            seconds, count = diffusion_forwards(profile.block_length)
+            overhead = max(0.0, (profile.decode_seconds - seconds) / max(1, count))
+        elif profile.cycles:
+            overhead = max(0.0, profile.decode_seconds / profile.cycles - forwards(profile.block_length))
+    ar_rate = 1.0 / ar_step
     rows = []
-    ar_rate = 1.0 / cost("write", 1)
     for b in sorted(candidates):
+        if b == 1 and mode in ("diffusion", "linear-spec"):
+            # One token per cycle through a single write forward: the AR step, overhead included.
+            rows.append({"block_length": 1, "tokens_per_cycle": 1.0, "seconds_per_cycle": ar_step,
+                         "tokens_per_s": ar_rate, "speedup_vs_ar": 1.0})
+            continue
         if mode == "diffusion":
-            if b not in profile.diffusion:
+            if b not in profile.diffusion or not profile.diffusion[b][0]:
                 continue
-            tokens, denoise, writes = profile.diffusion[b]
-            if not tokens:
-                continue
-            seconds = denoise * cost("peek", b) + writes * cost("write", b)
-            per_cycle, spc = tokens / max(1, writes), seconds / max(1, writes)
+            tokens, _, writes = profile.diffusion[b]
+            seconds, count = diffusion_forwards(b)
+            seconds += overhead * count
+            blocks = max(1, writes)
+            per_cycle, spc = tokens / blocks, seconds / blocks
             rate = tokens / seconds if seconds > 0 else 0.0
         else:
             if mode in ("linear-spec", "quadratic-spec") and b > profile.block_length:
                 continue
             per_cycle = profile.tokens_per_cycle(b) if mode != "ar" else 1.0
-            if mode == "quadratic-spec":
-                spc = cost("quadratic", b)
-            elif mode == "linear-spec" and b > 1:
-                spc = cost("peek", b) + cost("write", b)
-            else:
-                spc = cost("write", 1)
+            spc = forwards(b) + overhead
             rate = per_cycle / spc
         rows.append({"block_length": b, "tokens_per_cycle": per_cycle, "seconds_per_cycle": spc,
                      "tokens_per_s": rate, "speedup_vs_ar": rate / ar_rate})

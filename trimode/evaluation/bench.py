@@ -113,7 +113,7 @@ class BenchConfig:
 def quick_config(**overrides) -> BenchConfig:
     """A seconds-long configuration (tests, smoke runs): same sections, tiny sizes."""
     kw = dict(n_prompts=2, sweep_prompts=2, max_new_tokens=12, code_prompt_tokens=24, batch_sizes=[1, 2],
-              thresholds=[0.5, 0.9], block_lengths=[2, 4], quadratic_max_block=4, warmup=False,
+              thresholds=[0.5, 0.9], block_lengths=[2, 4], quadratic_max_block=4,
               autotune_config=AutotuneConfig(candidates=(1, 2, 4), repeats=3, time_budget=0.2,
                                              calibration_tokens=12))
     kw.update(overrides)
@@ -129,32 +129,47 @@ def _stderr(msg: str) -> None:
 
 # ---------------------------------------------------------------- running
 def interleaved(model, prompts: list[list[int]], batch_size: int, settings: list[Setting], max_new_tokens: int,
-                baseline=None) -> tuple[dict[str, list[RunRecord]], list[RunRecord], int]:
+                baseline=None) -> tuple[dict[str, list[RunRecord]], list[RunRecord], int, dict[str, str]]:
     """Every setting (and the baseline) back to back on each batch of prompts.
 
-    ``settings[0]`` must be AR: its token counts drive the baseline. Returns
-    (records per setting label, baseline records, batches where the baseline's tokens differ from AR's).
+    The order of the settings rotates from one batch to the next, so no engine always runs
+    first (or right after another). ``settings[0]`` must be AR: its token counts drive the
+    baseline, which runs last on each batch. A setting that fails (an engine error) is
+    reported, not fatal: it stops running and its error is returned, so one broken setting
+    does not cost the whole report. Returns (records per setting label, baseline records,
+    batches where the baseline's tokens differ from AR's, errors per setting label).
     """
     if settings[0].mode != "ar":
         raise ValueError("the first setting must be AR (the reference)")
     records: dict[str, list[RunRecord]] = {s.label: [] for s in settings}
     base: list[RunRecord] = []
+    errors: dict[str, str] = {}
     mismatches = 0
-    for i in range(0, len(prompts), batch_size):
+    for n, i in enumerate(range(0, len(prompts), batch_size)):
         chunk = prompts[i:i + batch_size]
-        for s in settings:
-            records[s.label].append(s.run(model, chunk, max_new_tokens))
+        shift = n % len(settings)
+        for s in settings[shift:] + settings[:shift]:
+            if s.label in errors:
+                continue
+            try:
+                records[s.label].append(s.run(model, chunk, max_new_tokens))
+            except RuntimeError as e:
+                if s.mode == "ar":
+                    raise  # no reference, nothing to compare with
+                errors[s.label] = f"{type(e).__name__}: {e} (batch of {len(chunk)}, prompts {i}..{i + len(chunk) - 1})"
         if baseline is not None:
             ar = records[settings[0].label][-1]
             rec = baseline.generate(chunk, [len(g) for g in ar.generated])
             base.append(rec)
             if batch_size == 1 and not baseline.matches(rec, ar):
                 mismatches += 1
-    return records, base, mismatches
+    return records, base, mismatches, errors
 
 
 def _row(engine: str, records: list[RunRecord], reference: list[RunRecord] | None = None, tokenizer=None,
-         tasks=None) -> dict:
+         tasks=None, error: str | None = None) -> dict:
+    if error is not None:
+        return {"engine": engine, "error": error, "tokens_per_s": None, "tpf": None}
     s = summarize(records).as_dict()
     s["engine"] = engine
     generated = [g for r in records for g in r.generated]
@@ -167,27 +182,36 @@ def _row(engine: str, records: list[RunRecord], reference: list[RunRecord] | Non
 
 
 def _check_context(model, sets: list[PromptSet], config: BenchConfig) -> None:
+    """Prompt + generated tokens must fit the model's context (as ``trimode generate`` requires)."""
     ctx = model.config.max_position_embeddings
-    blocks = [config.block_length or model.config.block_size] + list(config.block_lengths)
     for ps in sets:
         longest = max(len(p) for p in ps.prompts)
-        if longest + config.max_new_tokens + max(blocks) > ctx:
+        if longest + config.max_new_tokens > ctx:
             raise ValueError(f"{ps.name} prompts (up to {longest} tokens) + max_new_tokens {config.max_new_tokens} "
-                             f"+ a block of {max(blocks)} exceed the model's context of {ctx} tokens; lower "
-                             f"max_new_tokens or the block lengths")
+                             f"exceed the model's context of {ctx} tokens; lower max_new_tokens")
 
 
-def run_bench(model, tokenizer, config: BenchConfig | None = None, *, model_name: str = "model",
-              log: Log = _stderr) -> dict:
-    """Run every section and return the JSON-ready result (``write_bench_report`` renders it)."""
+def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
+              prompt_sets: list[PromptSet] | None = None, model_name: str = "model", log: Log = _stderr) -> dict:
+    """Run every section and return the JSON-ready result (``write_bench_report`` renders it).
+
+    ``prompt_sets``: your own prompts (e.g. :func:`.prompts.file_prompt_set`) instead of the
+    config's named sets; then ``tokenizer`` is only needed to score task prompts.
+    """
     config = (config or BenchConfig()).validate()
     started = time.perf_counter()
     env = environment(model)
     cfg = model.config
     block = config.block_length or cfg.block_size
     threshold = cfg.threshold if config.threshold is None else config.threshold
-    sets = [build_prompt_set(name, tokenizer, config.n_prompts, config.seed, config.code_prompt_tokens)
-            for name in config.prompt_sets]
+    if prompt_sets is None:
+        if tokenizer is None:
+            raise ValueError("run_bench needs a tokenizer to build the named prompt sets, or prompt_sets=")
+        prompt_sets = [build_prompt_set(name, tokenizer, config.n_prompts, config.seed, config.code_prompt_tokens)
+                       for name in config.prompt_sets]
+    sets = prompt_sets
+    if not sets or any(not s.prompts for s in sets):
+        raise ValueError("every prompt set needs at least one prompt")
     _check_context(model, sets, config)
     sweep_set = next((s for s in sets if s.name == "tasks"), sets[0]).head(config.sweep_prompts)
     max_new = config.max_new_tokens
@@ -217,16 +241,18 @@ def run_bench(model, tokenizer, config: BenchConfig | None = None, *, model_name
                     "prompt_sets": {s.name: s.description for s in sets}}
 
     # 1. main table ---------------------------------------------------------------------------
-    main, ar_batch1: dict = [], {}
+    main: list[dict] = []
+    ar_batch1: dict[str, list[RunRecord]] = {}
     for ps in sets:
         for bs in config.batch_sizes:
             log(f"main: {ps.name} prompts, batch {bs} ...")
-            recs, base, mismatches = interleaved(model, ps.prompts, bs, main_settings, max_new, baseline)
+            recs, base, mismatches, errors = interleaved(model, ps.prompts, bs, main_settings, max_new, baseline)
             ar = recs["ar"]
             if bs == 1:
                 ar_batch1[ps.name] = ar
             tasks = ps.tasks
-            rows = [_row(s.label, recs[s.label], ar, tokenizer, tasks) | {"mode": s.mode} for s in main_settings]
+            rows = [_row(s.label, recs[s.label], ar, tokenizer, tasks, errors.get(s.label)) | {"mode": s.mode}
+                    for s in main_settings]
             if baseline is not None:
                 rows.append(_row(f"transformers {baseline.name}.generate()", base, None, tokenizer, None)
                             | {"mode": "transformers", "matches_ar": None if bs > 1 else mismatches == 0})
@@ -247,17 +273,17 @@ def run_bench(model, tokenizer, config: BenchConfig | None = None, *, model_name
             refs = ar_batch1.get(ps.name) or interleaved(model, ps.prompts, 1, [Setting("ar")], max_new)[0]["ar"]
             sol = _sol_row(model, ps.prompts, [g for r in refs for g in r.generated], block, max_new)
             tpfs = {r["mode"]: r["tpf"] for t in main if t["prompt_set"] == ps.name and t["batch_size"] == 1
-                    for r in t["rows"]} if 1 in config.batch_sizes else {}
+                    for r in t["rows"] if r.get("tpf") is not None}
             sol["samplers"] = {m: {"tpf": tpfs[m], "share_of_sol": ratio(tpfs[m], sol["tpf"])}
-                               for m in MODES if m in tpfs}
+                               for m in MODES[1:] if m in tpfs}
             result["sol"].append({"prompt_set": ps.name} | sol)
 
     # 3. threshold sweep ------------------------------------------------------------------------
     if config.thresholds:
         log(f"threshold sweep on {len(sweep_set)} {sweep_set.name} prompts ...")
         settings = [Setting("ar")] + [Setting("diffusion", block, t, True) for t in config.thresholds]
-        recs, _, _ = interleaved(model, sweep_set.prompts, 1, settings, max_new)
-        rows = [_row(s.label, recs[s.label], recs["ar"], tokenizer, sweep_set.tasks)
+        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, settings, max_new)
+        rows = [_row(s.label, recs[s.label], recs["ar"], tokenizer, sweep_set.tasks, errors.get(s.label))
                 | {"mode": s.mode, "threshold": s.threshold if s.mode == "diffusion" else None} for s in settings]
         for r in rows:
             r["vs_ar"] = ratio(r["tokens_per_s"], rows[0]["tokens_per_s"])
@@ -270,17 +296,23 @@ def run_bench(model, tokenizer, config: BenchConfig | None = None, *, model_name
         auto_rows, choices, auto_modes = [], {}, [m for m in config.modes if m != "ar"]
         for mode in auto_modes:
             profiles[mode] = calibrate(model, mode, sweep_set.prompts, config=config.autotune_config,
-                                       max_new_tokens=max_new, source=f"{sweep_set.name} sweep prompts")
+                                       max_new_tokens=max_new, threshold=threshold,
+                                       source=f"{sweep_set.name} sweep prompts")
             forward_costs(model, mode, config.autotune_config)
             choices[mode] = auto_block_choice(model, mode, config=config.autotune_config)
         settings = [Setting("ar")]
         for mode in auto_modes:
             settings.append(Setting(mode, block, threshold, mode == "diffusion"))
             settings.append(Setting(mode, "auto", threshold, mode == "diffusion"))  # through the engine's "auto"
-        recs, _, _ = interleaved(model, sweep_set.prompts, 1, _unique(settings), max_new)
+        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, _unique(settings), max_new)
         ar_rate = summarize(recs["ar"]).tokens_per_s
         for mode in auto_modes:
             choice = choices[mode]
+            failed = [errors[s.label] for s in settings[1:] if s.mode == mode and s.label in errors]
+            if failed:
+                auto_rows.append({"mode": mode, "chosen_block_length": choice.block_length, "error": failed[0],
+                                  "default_block_length": block, "candidates": choice.rows})
+                continue
             default_rate = summarize(recs[Setting(mode, block, threshold, mode == "diffusion").label]).tokens_per_s
             auto_summary = summarize(recs[Setting(mode, "auto", threshold, mode == "diffusion").label])
             auto_rows.append({"mode": mode, "chosen_block_length": choice.block_length, "default_block_length": block,
@@ -306,12 +338,13 @@ def run_bench(model, tokenizer, config: BenchConfig | None = None, *, model_name
                 if mode == "quadratic-spec" and b > config.quadratic_max_block:
                     continue
                 settings.append(Setting(mode, b, threshold, mode == "diffusion"))
-        recs, _, _ = interleaved(model, sweep_set.prompts, 1, settings, max_new)
+        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, settings, max_new)
         refs = [g for r in recs["ar"] for g in r.generated]
         ar_rate = summarize(recs["ar"]).tokens_per_s
         rows = []
         for s in settings[1:]:
-            row = _row(s.label, recs[s.label], recs["ar"]) | {"mode": s.mode, "block_length": s.block_length}
+            row = _row(s.label, recs[s.label], recs["ar"], error=errors.get(s.label)) | {
+                "mode": s.mode, "block_length": s.block_length}
             row["vs_ar"] = ratio(row["tokens_per_s"], ar_rate)
             prof = profiles.get(s.mode)
             if prof is not None and s.mode in SPEC_MODES and s.block_length <= prof.block_length:
@@ -352,7 +385,8 @@ def _unique(settings: list[Setting]) -> list[Setting]:
 
 
 def _has_drafter(model) -> bool:
-    return any("lora_" in name for name, _ in model.named_parameters())
+    named = getattr(model, "named_parameters", None)
+    return named is not None and any("lora_" in name for name, _ in named())
 
 
 def _config_dict(config: BenchConfig) -> dict:
@@ -367,11 +401,10 @@ def goals(result: dict) -> list[dict]:
     table = main.get(("tasks", 1))
     if table:
         rows = {r["mode"]: r for r in table["rows"]}
-        candidates = [(r["vs_ar"], r["engine"]) for r in table["rows"] if r["mode"] in SPEC_MODES]
-        for sweep in ("block_sweep",):
-            candidates += [(r["vs_ar"], r["engine"]) for r in result.get(sweep, {}).get("rows", [])
-                           if r["mode"] in SPEC_MODES]
-        candidates += [(r["measured_speedup_vs_ar"], f"{r['mode']} B=auto({r['chosen_block_length']})")
+        candidates = [(r.get("vs_ar"), r["engine"]) for r in table["rows"] if r["mode"] in SPEC_MODES]
+        candidates += [(r.get("vs_ar"), r["engine"]) for r in result.get("block_sweep", {}).get("rows", [])
+                       if r["mode"] in SPEC_MODES]
+        candidates += [(r.get("measured_speedup_vs_ar"), f"{r['mode']} B=auto({r['chosen_block_length']})")
                        for r in result.get("autotune", {}).get("rows", []) if r["mode"] in SPEC_MODES]
         candidates = [c for c in candidates if c[0] is not None]
         if candidates:
@@ -379,7 +412,7 @@ def goals(result: dict) -> list[dict]:
             out.append({"goal": "best speculative mode tokens/s / trimode AR tokens/s", "target": 2.0,
                         "value": best[0], "met": best[0] >= 2.0, "detail": best[1]})
         if "transformers" in rows:
-            v = rows["ar"]["vs_transformers"]
+            v = rows["ar"].get("vs_transformers")
             out.append({"goal": "trimode AR tokens/s / transformers generate() tokens/s", "target": 1.3,
                         "value": v, "met": v is not None and v >= 1.3, "detail": rows["transformers"]["engine"]})
     for sol in result.get("sol", []):

@@ -19,12 +19,17 @@ Design choices:
   keep their special tokens.
 - Files shorter than ``prompt_tokens`` tokens are skipped, so every code prompt
   has the same length and timings compare across files.
+- Your own prompts: :func:`file_prompt_set` reads a text file (one prompt per
+  line) or a JSONL file (one ``{"prompt": "..."}`` per line, for multi-line
+  prompts); :meth:`PromptSet.from_ids` takes token ids directly.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PROMPT_SETS = ("tasks", "code")
 
@@ -42,6 +47,14 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    @classmethod
+    def from_ids(cls, name: str, prompts: list[list[int]], description: str = "") -> "PromptSet":
+        """A prompt set from token-id lists (labels are their indices)."""
+        if not prompts or any(not p for p in prompts):
+            raise ValueError(f"prompt set {name!r} needs at least one prompt, and no prompt may be empty")
+        return cls(name, [list(p) for p in prompts], [str(i) for i in range(len(prompts))], None,
+                   description or f"{len(prompts)} given prompts")
 
     def head(self, n: int) -> "PromptSet":
         """The first ``n`` prompts (sweeps use fewer prompts than the main table)."""
@@ -85,6 +98,44 @@ def code_prompt_set(tokenizer, n: int, seed: int = 0, prompt_tokens: int = 64) -
     return PromptSet("code", [pool[i][1] for i in picked], [pool[i][0] for i in picked], None,
                      f"{n} held-out stdlib file prefixes of {prompt_tokens} tokens (seed {seed})",
                      {"seed": seed, "prompt_tokens": prompt_tokens})
+
+
+def file_prompt_set(tokenizer, path: str | Path, chat: bool = False) -> PromptSet:
+    """Prompts from a file: one per line (.txt etc.) or one ``{"prompt": ...}`` object per line (.jsonl).
+
+    ``chat``: wrap each prompt with the model's chat template (as an instruction), else encode it raw.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    texts = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); expected {{\"prompt\": \"...\"}}") from None
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise ValueError(f"{path}:{n}: expected an object with a string field \"prompt\"")
+            texts.append(item["prompt"])
+        else:
+            texts.append(line)
+    if not texts:
+        raise ValueError(f"prompts file {path} holds no prompt")
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat=True, but the tokenizer has no chat template; drop --chat to encode prompts raw")
+        rendered = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                                  tokenize=False) for t in texts]
+        prompts = [tokenizer.encode(r, add_special_tokens=False) for r in rendered]
+    else:
+        prompts = [tokenizer.encode(t, add_special_tokens=False, split_special_tokens=True) for t in texts]
+    empty = [i for i, p in enumerate(prompts) if not p]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} of {path} is empty after tokenization")
+    return PromptSet(path.stem, prompts, [t[:40] for t in texts], None, f"{len(prompts)} prompts from {path.name}")
 
 
 def build_prompt_set(name: str, tokenizer, n: int, seed: int = 0, code_prompt_tokens: int = 64,

@@ -64,7 +64,14 @@ MAIN_COLUMNS = ["engine", "tokens", "nfe", "prefill fwd", "TPF", "accept mean", 
                 "identical to AR"]
 
 
+def _error_row(r: dict, width: int) -> list[str]:
+    """A table row for a setting that failed: its label, the error, dashes."""
+    return [r["engine"], f"**error**: {r['error']}"] + ["-"] * (width - 2)
+
+
 def _main_row(r: dict) -> list[str]:
+    if "error" in r:
+        return _error_row(r, len(MAIN_COLUMNS))
     drafts = f"{r['drafted']} / {r['accepted']} / {r['rolled_back']}" if r["drafted"] else "-"
     is_base = r["mode"] == "transformers"
     return [r["engine"] + (" (accuracy " + _f(r["accuracy"], ".0%") + ")" if "accuracy" in r else ""),
@@ -91,8 +98,9 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
            f"- baseline: {result['baseline'] or 'off'} (same weights, exported to a temporary directory and "
            f"loaded with `from_pretrained`), interleaved call by call with trimode's runs",
            f"- load average at start / end: {result['environment']['load_average']} / "
-           f"{result['environment_end']['load_average']} (2 cores: anything above ~0.5 at start means "
-           "another process competed for the CPU)", ""]
+           f"{result['environment_end']['load_average']}"
+           + (" (busy machine: another process competed for the CPU, timings are noisy)"
+              if _busy(result["environment"]) else ""), ""]
     md += ["## Every mode, same prompts, same run", "",
            "TPF = generated tokens / forwards (prefill included; prompt tokens never count). Accept mean = tokens "
            "per cycle and row, bonus included (AR = 1; a diffusion block emits the whole block). tok/s = generated "
@@ -104,7 +112,7 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
             md += ["", f"Warning: on {table['baseline_mismatches']} prompt(s) transformers' greedy tokens differ "
                    "from trimode AR's (near-tie argmax flips between the two numerics)."]
         hist = [f"`{r['engine']}`: {r['acceptance_histogram']}" for r in table["rows"]
-                if r["mode"] in ("linear-spec", "quadratic-spec")]
+                if r["mode"] in ("linear-spec", "quadratic-spec") and "error" not in r]
         if hist:
             md += ["", "Acceptance-length histograms (length: cycles): " + "; ".join(hist)]
         md += [""]
@@ -114,7 +122,8 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
         md += ["## SOL: oracle diffusion TPF at the same block length", "",
                "The oracle commits, at every denoising step, every masked position whose argmax already equals the "
                "AR greedy reference (and the leftmost one with the reference token if none does): an upper bound "
-               "for confidence-based samplers. Batch 1.", ""]
+               "for samplers that keep AR's output. A lossy sampler (diffusion at a low threshold, committing tokens "
+               "AR would not) can exceed it; compare it with the speculative modes, which are lossless. Batch 1.", ""]
         rows = []
         for s in result["sol"]:
             samplers = ", ".join(f"{m} {v['tpf']:.2f} ({_f(v['share_of_sol'], '.0%')} of SOL)"
@@ -126,7 +135,8 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
     if result.get("threshold_sweep"):
         sw = result["threshold_sweep"]
         md += [f"## Threshold sweep (diffusion, block {sw['block_length']}, {sw['prompt_set']} prompts, batch 1)", ""]
-        rows = [[r["engine"], _f(r["tpf"]), _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"]),
+        rows = [_error_row(r, 6) if "error" in r else
+                [r["engine"], _f(r["tpf"]), _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"]),
                  _f(r.get("accuracy"), ".0%"), _f(r.get("identical_to_ar"), ".0%")] for r in sw["rows"]]
         md += _table(["setting", "TPF", "tok/s", "vs AR", "accuracy", "identical to AR"], rows) + [""]
         if "threshold" in plots:
@@ -138,7 +148,8 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
                "Predicted tokens per cycle for block B = mean(min(accepted run, B-1)) + 1 from one calibration run at "
                "the largest candidate (speculative modes); diffusion runs every candidate. The chosen B is then run "
                "through the engine's `block_length=\"auto\"`, interleaved with AR and the config's block.", ""]
-        rows = [[r["mode"], str(r["chosen_block_length"]), str(r["default_block_length"]),
+        rows = [_error_row(dict(r, engine=r["mode"]), 7) if "error" in r else
+                [r["mode"], str(r["chosen_block_length"]), str(r["default_block_length"]),
                  _x(r["predicted_speedup_vs_ar"]), _x(r["measured_speedup_vs_ar"]),
                  _x(r["predicted_gain_vs_default"]), _x(r["measured_gain_vs_default"])] for r in at["rows"]]
         md += _table(["mode", "chosen B", "config B", "predicted vs AR", "measured vs AR", "predicted vs config B",
@@ -158,7 +169,8 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
         md += [f"## Block-length sweep ({bs['prompt_set']} prompts, batch 1)", "",
                "`accept mean` is measured; `predicted` is what the auto block length's approximation expected from "
                "its calibration run (speculative modes).", ""]
-        rows = [[r["engine"], _f(r["tpf"]), _f(r["mean_acceptance"]), _f(r.get("predicted_acceptance")),
+        rows = [_error_row(r, 6) if "error" in r else
+                [r["engine"], _f(r["tpf"]), _f(r["mean_acceptance"]), _f(r.get("predicted_acceptance")),
                  _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"])] for r in bs["rows"]]
         md += _table(["setting", "TPF", "accept mean", "predicted", "tok/s", "vs AR"], rows) + [""]
         if bs.get("sol"):
@@ -172,28 +184,41 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
     return md
 
 
+def _busy(env: dict) -> bool:
+    """Load average (1 min) at the start above half the cores: another process competed for the CPU."""
+    load, cores = env.get("load_average"), env.get("cpu_count") or 1
+    return bool(load) and load[0] > 0.5 * cores
+
+
 def _goals_table(goals: list[dict]) -> list[str]:
     return _table(["goal", "target", "measured", "met", "setting"],
                   [[g["goal"], _f(g["target"]), _f(g["value"]), "yes" if g["met"] else "no", g["detail"] or "-"]
                    for g in goals])
 
 
-def results_markdown(result: dict, command: str) -> list[str]:
-    """RESULTS.md: what a newcomer needs in one minute."""
+def results_markdown(result: dict, command: str, evaluation: dict | None = None) -> list[str]:
+    """RESULTS.md: what a newcomer needs in one minute (with the accuracy of ``evaluation``, an eval result)."""
     env = result["environment"]
     md = [f"# Results in one minute: {result['model']}", "",
-          f"`{command}` on {env['cpu']} ({env['threads']} threads, torch {env['torch']}, {env['dtype']}, "
+          f"`{command}` on {env['cpu']} (threads: {env['threads']}, torch {env['torch']}, {env['dtype']}, "
           f"commit {env['commit']}). Full report: [bench.md](bench.md).", ""]
+    if _busy(env):
+        md += [f"Warning: the machine was busy when this ran (load average {env['load_average']} on "
+               f"{env['cpu_count']} cores): timings are noisy.", ""]
     table = next((t for t in result.get("main", []) if t["batch_size"] == 1), None)
     if table:
         md += [f"Batch 1, {table['prompt_set']} prompts, greedy, {result['max_new_tokens']} new tokens, block "
                f"{result['block_length']}:", ""]
         md += _table(["engine", "TPF", "accept mean", "tok/s", "vs AR", "vs transformers"],
-                     [[r["engine"], "-" if r["mode"] == "transformers" else _f(r["tpf"]),
+                     [_error_row(r, 6) if "error" in r else
+                      [r["engine"], "-" if r["mode"] == "transformers" else _f(r["tpf"]),
                        "-" if r["mode"] == "transformers" else _f(r["mean_acceptance"]),
                        _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"]), _x(r["vs_transformers"])]
                       for r in table["rows"]]) + [""]
     for r in result.get("autotune", {}).get("rows", []):
+        if "error" in r:
+            md.append(f"- `block_length=\"auto\"` for {r['mode']}: **error** {r['error']}")
+            continue
         md.append(f"- `block_length=\"auto\"` picks B={r['chosen_block_length']} for {r['mode']} on this machine: "
                   f"{_x(r['measured_speedup_vs_ar'])} AR tokens/s (predicted {_x(r['predicted_speedup_vs_ar'])}), "
                   f"{_x(r['measured_gain_vs_default'])} the config's B={r['default_block_length']}.")
@@ -201,6 +226,12 @@ def results_markdown(result: dict, command: str) -> list[str]:
         md.append(f"- SOL (oracle diffusion) TPF on {s['prompt_set']} prompts at block {result['block_length']}: "
                   f"{s['tpf']:.2f}; " + ", ".join(f"{m} reaches {_f(v['share_of_sol'], '.0%')}"
                                                   for m, v in s["samplers"].items()) + ".")
+    if evaluation:
+        md += ["", f"Accuracy on held-out tasks (`{evaluation.get('command', 'trimode eval')}`, "
+               "[eval.md](eval.md)): " + ", ".join(
+                   f"{r['setting']} {r['accuracy']:.0%}" + (f" ({r['identical_to_ar']:.0%} identical to AR)"
+                                                            if r["mode"] == "diffusion" else "")
+                   for r in evaluation["rows"]) + "."]
     if result.get("goals"):
         md += ["", "Goals:", ""] + _goals_table(result["goals"])
     md += ["", "Read ratios, not absolute times: on a shared 2-core machine timings move by 10-25% between runs."]
@@ -219,5 +250,11 @@ def write_bench_files(result: dict, out_dir: Path, command: str, plots: bool = T
             written.append(path)
     written.append(write_json(out_dir / "bench.json", result))
     written.append(_write(out_dir / "bench.md", bench_markdown(result, command, plot_names)))
-    written.append(_write(out_dir / "RESULTS.md", results_markdown(result, command)))
+    evaluation = None
+    if (out_dir / "eval.json").is_file():  # `trimode eval` into the same directory: quote its accuracy
+        try:
+            evaluation = json.loads((out_dir / "eval.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            evaluation = None
+    written.append(_write(out_dir / "RESULTS.md", results_markdown(result, command, evaluation)))
     return written

@@ -11,10 +11,19 @@ Modules:
 - :mod:`.metrics`: Prometheus metrics.
 - :mod:`.app`: the FastAPI app (``create_app``) and ``serve``.
 
-Importing this package needs the serving extras (fastapi, uvicorn, prometheus-client).
+``create_app`` and ``serve`` need the serving extras (fastapi, uvicorn,
+prometheus-client); they are imported on first use, so the configuration
+(and ``trimode --help``) works without them.
 """
 
-from .app import create_app, serve
 from .config import AutoModeConfig, ServerConfig
 
 __all__ = ["create_app", "serve", "ServerConfig", "AutoModeConfig"]
+
+
+def __getattr__(name: str):
+    if name in ("create_app", "serve"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,6 +53,8 @@ from .text import TextAssembler
 log = logging.getLogger("trimode.serving")
 
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+MIN_TEMPERATURE = 1e-5  # below: greedy
+MIN_TOP_P = 1e-6  # below: float32 rounds top_p to 0 and the engine would drop every token
 ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": text} for status, text in (
     (400, "Invalid request (the error names the field)"), (404, "Unknown model"),
     (429, "Queue full; see Retry-After"), (504, "Request timed out"))}
@@ -142,10 +144,14 @@ class Server:
         elif max_tokens > room:
             raise APIError(400, f"{param}={max_tokens} is too large for this prompt: {longest} prompt tokens + "
                                 f"{max_tokens} exceed the context of {self.context}; allowed: 1 to {room}", param)
+        # Tiny positive temperature / top_p are their limits (greedy; keep the top token only): taken
+        # literally they overflow the logits or round to 0 in float32 and leave nothing to sample from.
+        temperature = float(body.temperature or 0.0)
+        temperature = 0.0 if temperature < MIN_TEMPERATURE else temperature
+        top_p = None if body.top_p is None else max(body.top_p, MIN_TOP_P)
         return GenerationParams(
-            mode=body.mode or self.config.mode, max_tokens=max_tokens,
-            temperature=float(body.temperature or 0.0), top_p=body.top_p, top_k=body.top_k or None,
-            block_length=block_length, threshold=threshold, seed=body.seed)
+            mode=body.mode or self.config.mode, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            top_k=body.top_k or None, block_length=block_length, threshold=threshold, seed=body.seed)
 
     # ------------------------------------------------------------ generation
     async def generate(self, body, request: Request, prompts: list[list[int]], params: GenerationParams,
@@ -215,10 +221,13 @@ class Call:
         remaining = self.deadline - time.monotonic() + 1.0  # the worker enforces the deadline; this is a backstop
         get = asyncio.ensure_future(self.events.get())
         waits = {get} if disconnect is None else {get, disconnect}
-        done, _ = await asyncio.wait(waits, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait(waits, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():  # timed out, client gone, or this task was cancelled: drop the pending read
+                get.cancel()
         if get in done:
             return get.result()
-        get.cancel()
         if disconnect is not None and disconnect in done:
             raise ClientGone()
         raise APIError(504, f"the request took longer than request_timeout={self.server.config.request_timeout:g} s",

@@ -9,9 +9,11 @@ when drafts stop being accepted (speculation then spends forwards for nothing).
 1. load (requests waiting, the batch being formed included) above
    ``max_load_for_spec`` -> AR (reason ``queue_depth``);
 2. rolling mean acceptance length of the speculative mode under
-   ``acceptance_floor`` -> AR (``low_acceptance``), except every
-   ``probe_every``-th such decision, which speculates (``probe``) so the
-   rolling value keeps tracking the traffic;
+   ``acceptance_floor`` -> AR (``low_acceptance``), except a periodic
+   ``probe`` that speculates so the rolling value keeps tracking the traffic.
+   Probes start every ``probe_every`` such decisions and back off (the
+   interval doubles up to ``max_probe_every``) while acceptance stays low, so
+   a model whose drafts are never accepted costs auto almost nothing;
 3. otherwise the speculative mode (``low_load``).
 
 Acceptance is fed from every run of the speculative mode, auto or explicit.
@@ -37,7 +39,8 @@ class AutoPolicy:
     def __init__(self, config: AutoModeConfig):
         self.config = config.validate()
         self._acceptance: deque[int] = deque(maxlen=config.window)  # tokens per verification cycle
-        self._below_floor_decisions = 0
+        self._since_probe = 0  # low-acceptance decisions since the last probe
+        self._probe_interval = config.probe_every
 
     @property
     def rolling_acceptance(self) -> float | None:
@@ -53,10 +56,13 @@ class AutoPolicy:
             return AutoDecision("ar", "queue_depth")
         acceptance = self.rolling_acceptance
         if acceptance is not None and acceptance < cfg.acceptance_floor:
-            self._below_floor_decisions += 1
-            if self._below_floor_decisions % cfg.probe_every == 0:
+            self._since_probe += 1
+            if self._since_probe >= self._probe_interval:
+                self._since_probe = 0
+                self._probe_interval = min(2 * self._probe_interval, cfg.max_probe_every)
                 return AutoDecision(cfg.spec_mode, "probe")
             return AutoDecision("ar", "low_acceptance")
+        self._since_probe, self._probe_interval = 0, cfg.probe_every  # acceptance is fine: reset the backoff
         return AutoDecision(cfg.spec_mode, "low_load")
 
     def observe(self, mode: str, acceptance_lengths: Iterable[int]) -> None:

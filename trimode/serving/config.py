@@ -35,13 +35,16 @@ class AutoModeConfig:
     min_samples: int = 8
     """Cycles needed before the rolling acceptance is trusted (before that, auto speculates)."""
     probe_every: int = 16
-    """While below the floor, every Nth auto batch still speculates so the rolling acceptance
-    keeps being measured (otherwise one bad stretch would pin auto to AR forever)."""
+    """While below the floor, the Nth auto batch still speculates so the rolling acceptance keeps
+    being measured (otherwise one bad stretch would pin auto to AR forever)."""
+    max_probe_every: int = 256
+    """Each probe that finds acceptance still low doubles the probe interval, up to this: a model
+    whose drafts are never accepted pays well under 1% for probing in the long run."""
 
     def validate(self) -> "AutoModeConfig":
         if self.spec_mode not in SPECULATIVE_MODES:
             raise ValueError(f"auto spec_mode={self.spec_mode!r} is not one of {list(SPECULATIVE_MODES)}")
-        for name in ("window", "min_samples", "probe_every"):
+        for name in ("window", "min_samples", "probe_every", "max_probe_every"):
             _positive_int(f"auto {name}", getattr(self, name))
         if isinstance(self.max_load_for_spec, bool) or not isinstance(self.max_load_for_spec, int) \
                 or self.max_load_for_spec < 0:
@@ -49,6 +52,8 @@ class AutoModeConfig:
                              "(0 = never speculate because of load)")
         if not isinstance(self.acceptance_floor, (int, float)) or not self.acceptance_floor >= 0:
             raise ValueError(f"auto acceptance_floor={self.acceptance_floor!r} must be a number >= 0")
+        if self.max_probe_every < self.probe_every:
+            raise ValueError(f"auto max_probe_every={self.max_probe_every} must be >= probe_every={self.probe_every}")
         if self.min_samples > self.window:
             raise ValueError(f"auto min_samples={self.min_samples} must be <= window={self.window}")
         return self

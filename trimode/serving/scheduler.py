@@ -41,7 +41,7 @@ import torch
 from ..generation.loop import Request, decode
 from ..generation.modes import MODES
 from ..generation.sampling import SamplingParams
-from .auto import AutoDecision, AutoPolicy
+from .auto import AutoPolicy
 from .config import ServerConfig
 from .hooks import ObservedStrategy
 from .metrics import Metrics
@@ -324,5 +324,4 @@ class Scheduler:
                 nfe=observer.nfe[row], cycles=observer.cycles[row], batch_size=len(batch))))
 
 
-__all__ = ["Scheduler", "Job", "JobEvent", "JobResult", "GenerationParams", "Overloaded", "AutoDecision",
-           "batch_key"]
+__all__ = ["Scheduler", "Job", "JobEvent", "JobResult", "GenerationParams", "Overloaded", "batch_key"]

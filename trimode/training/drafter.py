@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,8 +67,10 @@ def attach_drafter(model: torch.nn.Module, cfg: DrafterConfig, seed: int):
 
     r, alpha = lora_shape(cfg, model.config.hidden_size)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=cfg.dropout, target_modules=["o_proj"], bias="none")
-    with torch.random.fork_rng(devices=[]):  # PEFT draws LoRA A from the global RNG: make it the seed's
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(seed)  # PEFT draws LoRA A from the global RNG: make it the seed's
+        # PEFT calls a transformers API deprecated in v5 (is_gradient_checkpointing); harmless here.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora)
     return peft_model
 

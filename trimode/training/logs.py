@@ -1,7 +1,9 @@
 """Training telemetry: JSONL log, tqdm progress bar, loss-curve PNG. Rank 0 only.
 
 - ``train_log.jsonl``: one JSON object per line: ``{"step", "loss", <stage components>,
-  "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed"}`` every ``log_interval`` steps,
+  "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed"}`` (components: ``ar_loss`` per AR
+  target; ``diffusion_loss`` = 1/p-weighted CE per maskable token, the NELBO estimate;
+  ``mask_ratio``; drafter: ``draft_loss``, ``draft_accuracy`` per drafted position) every ``log_interval`` steps,
   and ``{"step", "eval_loss", ...}`` after each evaluation. On resume the lines past the
   checkpoint's step are dropped, so the log reads like one uninterrupted run.
 - Progress: a tqdm bar (loss, tokens/s; tqdm gives the ETA), shown only on a terminal

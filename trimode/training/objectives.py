@@ -87,7 +87,10 @@ class AutoregressiveObjective:
 
 
 class JointObjective:
-    stat_names = ("ar_sum", "n_ar", "diffusion_sum", "n_masked")
+    # diffusion_loss is logged per *maskable* token: sum over masked i of CE_i / p divided by the
+    # tokens that could be masked is the usual NELBO-per-token estimate, on the AR loss's scale.
+    # (Per *masked* token the 1/p weights make it swing by orders of magnitude between steps.)
+    stat_names = ("ar_sum", "n_ar", "diffusion_sum", "n_masked", "n_maskable")
 
     def __init__(self, cfg: TrainConfig, model_config, device: torch.device):
         self.cfg = cfg
@@ -117,8 +120,10 @@ class JointObjective:
         inputs = {"input_ids": ids, "xt": xt, "masked": masked, "p": p}
         if loss_mask is not None:
             inputs["loss_mask"] = loss_mask
+        maskable = ids.numel() if loss_mask is None else int(loss_mask.sum())
         return Prepared({k: v.to(self.device) for k, v in inputs.items()}, count=int(masked.sum()) + n_ar,
-                        tokens=ids.numel(), extra={"block_size": self.step_block_size(step, purpose)})
+                        tokens=ids.numel(), extra={"block_size": self.step_block_size(step, purpose),
+                                                   "maskable": maskable})
 
     def terms(self, engine, prepared) -> Terms:
         x = prepared.inputs
@@ -126,8 +131,9 @@ class JointObjective:
                          alpha=self.alpha, ar_weight=self.ar_weight, corruption=(x["xt"], x["masked"], x["p"]))
         numerator = self.alpha * out.diffusion_loss + self.ar_weight * out.ar_loss
         return Terms(numerator, [out.ar_loss.item(), float(out.n_ar_tokens), out.diffusion_loss.item(),
-                                 float(out.n_masked)])
+                                 float(out.n_masked), float(prepared.extra["maskable"])])
 
     def summarize(self, sums):
         return {"ar_loss": _mean(sums["ar_sum"], sums["n_ar"]),
-                "diffusion_loss": _mean(sums["diffusion_sum"], sums["n_masked"])}
+                "diffusion_loss": _mean(sums["diffusion_sum"], sums["n_maskable"]),
+                "mask_ratio": _mean(sums["n_masked"], sums["n_maskable"])}

@@ -14,13 +14,14 @@ drafter    a trimode checkpoint              AR greedy self-distil  draft CE, Lo
 Every stage writes a complete model directory (config + safetensors + tokenizer;
 ``linear_spec_lora/`` for the drafter) loadable by :func:`trimode.loading.load`.
 
-Tokenizer resolution, first match: the output directory's (a resumed run keeps the one
-it started with), ``--tokenizer DIR``, the init checkpoint's, or, for ``ar`` from scratch,
-a new byte-level BPE trained on the code corpus and task texts (rank 0 trains, all load).
+Tokenizer resolution, first match: ``--tokenizer DIR``, the init checkpoint's, or, for
+``ar`` from scratch, a new byte-level BPE trained on the code corpus and task texts (rank 0
+trains it into the output directory, all ranks load it; a resumed run reuses it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 from ..configuration import TrimodeConfig
 from ..data.corpus import CodeCorpus
 from ..data.packing import Batcher
-from ..data.tasks import iter_tasks, sft_example
+from ..data.tasks import iter_tasks
 from ..loading import DRAFTER_SUBFOLDER
 from ..modeling import TrimodeModel
 from .config import TrainConfig
@@ -69,6 +70,20 @@ class Stage:
                 p.copy_(weights[name])
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No per-file progress bars from transformers' load/save (the trainer has its own bar)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 # ------------------------------------------------------------------ tokenizer
 def _has_tokenizer(path: Path | None) -> bool:
     return path is not None and ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file())
@@ -90,7 +105,9 @@ def resolve_tokenizer(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | 
                       resume: bool):
     from transformers import AutoTokenizer
 
-    if resume and _has_tokenizer(out):
+    if resume and init is None and tokenizer_dir is None and _has_tokenizer(out):
+        # ar from scratch: the tokenizer this run trained. (With --init, resolving it again gives
+        # the same tokenizer, and a converted checkpoint must see the original, mask-less one.)
         return AutoTokenizer.from_pretrained(out), "output directory (resume)"
     if tokenizer_dir is not None:
         if not _has_tokenizer(tokenizer_dir):
@@ -143,7 +160,9 @@ def load_model(cfg: TrainConfig, init: Path | None, tokenizer) -> tuple[TrimodeM
 
         import trimode  # noqa: F401  (registers the Auto classes)
 
-        return AutoModel.from_pretrained(init, dtype=torch.float32), tokenizer, f"trimode checkpoint {init}"
+        with quiet_transformers():
+            model = AutoModel.from_pretrained(init, dtype=torch.float32)
+        return model, tokenizer, f"trimode checkpoint {init}"
     if is_convertible(init):
         if cfg.stage == "drafter":
             raise ValueError(f"stage drafter needs a tri-mode checkpoint (after joint/sft); {init} is a plain "
@@ -177,7 +196,8 @@ def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None =
 
     def export_full(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path)
+        with quiet_transformers():
+            model.save_pretrained(path)
         tokenizer.save_pretrained(path)
 
     if cfg.stage in ("ar", "joint"):

@@ -68,6 +68,9 @@ def train(cfg: TrainConfig, out: str | Path, init: str | Path | None = None, tok
     cfg.validate()
     out = Path(out)
     init = Path(init) if init is not None else None
+    if init is None and cfg.stage != "ar":
+        raise ValueError(f"stage {cfg.stage} needs --init DIR: the previous stage's output, or (joint) a "
+                         "Llama/Mistral/Ministral-3 transformers checkpoint to convert")
     if init is not None and out.resolve() == init.resolve():
         raise ValueError(f"--out {out} is the --init directory; write each stage to a new directory")
     dist = setup(cfg.device)
@@ -208,11 +211,11 @@ def _train(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None, token
                       "grad_norm": float(grad_norm), "tokens": tokens_seen,
                       "elapsed": elapsed_before + now - t0}
             bar.update(loss, window_tokens / max(now - window_t, 1e-9))
-            if step % cfg.log_interval == 0 or step == cfg.steps:
+            logged = step % cfg.log_interval == 0 or step == cfg.steps
+            if logged:
                 record["tokens_per_s"] = window_tokens / max(now - window_t, 1e-9)
                 log.write(record)
                 history.append(record)
-                window_t, window_tokens = time.perf_counter(), 0
             if cfg.eval_batches and ((cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.steps):
                 eval_loss = evaluate()
                 if eval_loss is not None:
@@ -228,6 +231,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None, token
                         "global_batch": G, "world_size": dist.world_size}, cfg.keep_checkpoints)
                     plot_loss_curve(out / LOG_FILE, out / CURVE_FILE, f"trimode {stage.name}")
                 barrier(dist)
+            if logged:  # the next throughput window starts after eval / checkpoint time
+                window_t, window_tokens = time.perf_counter(), 0
             if on_step is not None:
                 on_step(step, record)
     finally:

@@ -1,0 +1,142 @@
+"""Auto block length: the decision with injected costs and profiles is hand-checkable; the engine wiring works.
+
+Injected cost (GPU-unlike, CPU-like): c(k) = 1 + 0.25 (k - 1) for write and peek forwards.
+Linear self-speculation, tokens per cycle = mean(min(r, B - 1)) + 1, cost per cycle 2 c(B)
+(B = 1: no draft, c(1)). With every cycle accepting r = 3 drafts:
+
+    B    tokens  cost         tokens / cost
+    1    1       1            1.000
+    2    2       2 * 1.25     0.800
+    3    3       2 * 1.5      1.000
+    4    4       2 * 1.75     1.143   <- best
+    6    4       2 * 2.25     0.889
+    8    4       2 * 2.75     0.727
+"""
+
+import pytest
+import torch
+
+import trimode.evaluation.autotune as autotune
+from helpers import quickly_trained_model, tiny_model
+from trimode.evaluation.autotune import (AcceptanceProfile, AutotuneConfig, auto_block_choice, auto_block_length,
+                                         calibrate, choose_block_length, last_choice, measure_forward_costs)
+
+CANDIDATES = [1, 2, 3, 4, 6, 8]
+QUICK = AutotuneConfig(candidates=(1, 2, 4), repeats=3, time_budget=0.2, calibration_tokens=12)
+
+
+def cpu_like(kind: str, k: int) -> float:
+    return 1 + 0.05 * (k + k * k - 1) if kind == "quadratic" else 1 + 0.25 * (k - 1)
+
+
+def flat(kind: str, k: int) -> float:
+    return 1.0
+
+
+def test_linear_choice_is_hand_computed():
+    profile = AcceptanceProfile("linear-spec", block_length=8, runs=[3] * 10)
+    choice = choose_block_length("linear-spec", profile, cpu_like, CANDIDATES)
+    assert choice.block_length == 4
+    rates = {r["block_length"]: r["tokens_per_s"] for r in choice.rows}
+    assert rates == pytest.approx({1: 1.0, 2: 0.8, 3: 1.0, 4: 4 / 3.5, 6: 4 / 4.5, 8: 4 / 5.5})
+    assert choice.predicted_speedup == pytest.approx(4 / 3.5)
+    assert choice.predicted_gain_over(8) == pytest.approx((4 / 3.5) / (4 / 5.5))
+
+
+@pytest.mark.parametrize("runs,cost,best", [
+    ([7] * 5, cpu_like, 8),      # accept all: the widest block wins despite its cost
+    ([0] * 5, cpu_like, 1),      # accept none: speculation never pays, B = 1 (plain AR steps)
+    ([0] * 5, flat, 1),          # ties go to the smaller block
+    ([7] * 5, flat, 8),          # GPU-like flat cost: widest block
+])
+def test_extremes(runs, cost, best):
+    profile = AcceptanceProfile("linear-spec", block_length=8, runs=runs)
+    assert choose_block_length("linear-spec", profile, cost, CANDIDATES).block_length == best
+
+
+def test_measured_overhead_is_added_per_cycle():
+    """Calibration wall time the forward costs do not explain is charged to every cycle (and to AR's steps).
+
+    Linear at B = 4: 4 cycles took 4 * (2 * 1.75 + 0.5) s, so 0.5 s per cycle is overhead; AR took 1.5 s per
+    step. Then B=4: 4 / (3.5 + 0.5) = 1.0 token/s, i.e. the measured 1.5x over AR (1 / 1.5) is reproduced;
+    B=3: 3 / (3 + 0.5); B=1: 1 / (1 + 0.5) = AR's rate.
+    """
+    profile = AcceptanceProfile("linear-spec", block_length=4, runs=[3] * 4, cycles=4,
+                                decode_seconds=4 * (2 * 1.75 + 0.5), ar_decode_seconds=10 * 1.5, ar_steps=10)
+    choice = choose_block_length("linear-spec", profile, cpu_like, [1, 2, 3, 4])
+    assert choice.block_length == 4
+    speedups = {r["block_length"]: r["speedup_vs_ar"] for r in choice.rows}
+    assert speedups == pytest.approx({1: 1.0, 2: 1.5 * 2 / 3, 3: 1.5 * 3 / 3.5, 4: 1.5})
+
+
+def test_quadratic_cost_is_one_wide_forward():
+    # runs of 3: B=3 -> 3 / (1 + 0.05*11) = 1.94; B=4 -> 4 / (1 + 0.05*19) = 2.05; B=6 -> 4 / 3.05 = 1.31
+    profile = AcceptanceProfile("quadratic-spec", block_length=8, runs=[3] * 4)
+    choice = choose_block_length("quadratic-spec", profile, cpu_like, CANDIDATES)
+    assert choice.block_length == 4
+    assert choice.predicted_speedup == pytest.approx(4 / 1.95)
+
+
+def test_diffusion_uses_measured_forwards_per_block():
+    # (decode tokens, denoise forwards, block writes): B=4 needs 2 denoise steps per block here.
+    profile = AcceptanceProfile("diffusion", diffusion={1: (20, 0, 20), 4: (20, 10, 5)})
+    choice = choose_block_length("diffusion", profile, cpu_like, [1, 4])
+    assert choice.block_length == 1  # 20 / (15 * 1.75) = 0.76 < 1
+    profile.diffusion[4] = (20, 5, 5)  # one denoise step per block
+    assert choose_block_length("diffusion", profile, cpu_like, [1, 4]).block_length == 4  # 20 / 17.5 = 1.14
+
+
+def test_profile_approximation():
+    profile = AcceptanceProfile.from_acceptance("linear-spec", 4, [1, 4, 2, 4])  # acceptance lengths
+    assert profile.runs == [0, 3, 1, 3]
+    assert profile.tokens_per_cycle(4) == pytest.approx(1 + 7 / 4)
+    assert profile.tokens_per_cycle(2) == pytest.approx(1 + 3 / 4)
+    assert profile.tokens_per_cycle(1) == 1.0
+    with pytest.raises(ValueError, match="cannot predict block 8"):
+        profile.tokens_per_cycle(8)
+
+
+def test_bad_inputs_name_the_value():
+    with pytest.raises(ValueError, match="'bogus'"):
+        auto_block_length(tiny_model(), "bogus")
+    with pytest.raises(ValueError, match="candidates"):
+        AutotuneConfig(candidates=(0, 2)).validate()
+    with pytest.raises(ValueError, match=r"no candidate block length of \[16\]"):
+        choose_block_length("linear-spec", AcceptanceProfile("linear-spec", 4, [1]), flat, [16])
+
+
+def test_measured_costs_are_positive_and_monotone():
+    model = tiny_model()
+    costs = measure_forward_costs(model, [("write", 1), ("write", 4), ("peek", 4), ("quadratic", 2)], QUICK)
+    assert all(v > 0 for v in costs.values())
+    assert costs[("write", 4)] >= costs[("write", 1)]
+
+
+def test_auto_on_a_real_model_is_cached_and_wired_into_the_engine(monkeypatch):
+    model = tiny_model(seed=3)
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    b = auto_block_length(model, "linear-spec", config=QUICK)  # generic calibration prompts + measured costs
+    assert b in QUICK.candidates
+    assert last_choice(model, "linear-spec").block_length == b
+
+    def no_more_measuring(*a, **k):
+        raise AssertionError("costs must be cached on the model")
+
+    monkeypatch.setattr(autotune, "measure_forward_costs", no_more_measuring)
+    out, _, stats = model.linear_spec_generate(prompts, max_new_tokens=10, block_length="auto", eos_token_id=[],
+                                               return_stats=True)
+    ref, _ = model.ar_generate(prompts, max_new_tokens=10, eos_token_id=[])
+    assert torch.equal(out, ref) and stats.block_length == b
+    assert auto_block_length(model, "ar") == 1
+
+
+def test_trained_model_choice_follows_the_hardware():
+    """Same measured acceptance: a flat (GPU-like) cost picks a wide block, a linear cost picks B = 1."""
+    model = quickly_trained_model()
+    gen = torch.Generator().manual_seed(1)
+    prompts = [(4 + (torch.randint(0, 20, (1,), generator=gen) + torch.arange(6)) % 20).tolist() for _ in range(2)]
+    profile = calibrate(model, "linear-spec", prompts, config=QUICK, max_new_tokens=20, eos_token_id=[])
+    assert profile.block_length == 4 and profile.source == "calibration prompts"
+    assert sum(profile.runs) > 0  # the trained model gets drafts accepted
+    assert auto_block_choice(model, "linear-spec", cost=flat, config=QUICK).block_length == 4
+    assert auto_block_choice(model, "linear-spec", cost=lambda kind, k: float(k), config=QUICK).block_length == 1

@@ -1,0 +1,16 @@
+"""Evaluation and benchmark harness: honest metrics, a baseline in the same run, plots.
+
+- :mod:`.metrics`      timed decoding calls and the pooled metrics of spec section 5 (defined once)
+- :mod:`.sol`          SOL: the oracle diffusion sampler and its TPF
+- :mod:`.autotune`     ``block_length="auto"``: forward costs x measured acceptance -> best block
+- :mod:`.baseline`     the AR pathway as a stock ``transformers`` causal LM, timed in the same run
+- :mod:`.prompts`      seeded held-out prompt sets (tasks, code)
+- :mod:`.accuracy`     ``trimode eval``: accuracy per mode, share identical to AR greedy
+- :mod:`.bench`        ``trimode bench``: every mode, SOL, sweeps, auto block length, goals
+- :mod:`.report`, :mod:`.plots`   markdown / JSON / PNG output
+- :mod:`.environment`  the manifest every report starts with
+- :mod:`.cliargs`      argument helpers of the `trimode eval` / `trimode bench` commands
+
+Submodules are imported on use (``transformers`` and ``matplotlib`` are slow
+to import, and the engine imports :mod:`.autotune` lazily).
+"""

@@ -1,0 +1,59 @@
+"""Argument helpers shared by the `trimode eval` and `trimode bench` commands (kept beside the harness)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+
+def comma_list(item: Callable, allowed: list[str] | None = None):
+    """An argparse type: a comma-separated list of ``item`` values ('' = empty list)."""
+
+    def parse(text: str) -> list:
+        values = [item(t.strip()) for t in text.split(",") if t.strip()]
+        if allowed is not None:
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of {', '.join(allowed)}")
+        return values
+
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in (0, 1] (a threshold; 'none' is not accepted here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
+    return value
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default: benchmarks/reports/<model-name>/)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the prompt sets (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+
+
+def default_out_dir(model_name: str) -> Path:
+    return Path("benchmarks") / "reports" / model_name
+
+
+def load_for_harness(args: argparse.Namespace, command: str):
+    """Set threads, load the model (+ drafter), insist on a tokenizer."""
+    import torch
+
+    from ..loading import load
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+    loaded = load(args.model)
+    if loaded.tokenizer is None:
+        raise ValueError(f"{loaded.path} has no tokenizer; `trimode {command}` needs one to build its prompts")
+    return loaded
