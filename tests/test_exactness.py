@@ -133,3 +133,17 @@ def test_trained_model_drafts_are_mostly_accepted(trained):
                                                return_stats=True)
     assert stats.acceptance_rate > 0.5
     assert stats.tpf > 1.2
+
+
+def test_rows_at_their_limit_never_overflow_the_cache(trained):
+    """Regression: in a batch, a row near max_new_tokens accepted more drafts than it could emit
+    and grew its cache past capacity. Rows of different lengths, high acceptance, odd limits."""
+    prompts = [[13, 14, 15], [23, 15, 12, 22, 7], [19, 20, 21, 22, 23]]
+    for mode in ("linear-spec", "quadratic-spec", "diffusion"):
+        for block, max_new in ((8, 20), (16, 5), (5, 13)):
+            out, _, stats = trained.decode_mode(mode, prompts, max_new_tokens=max_new, block_length=block,
+                                                eos_token_id=[], return_stats=True)
+            assert stats.tokens_per_row == [max_new] * 3
+            if mode != "diffusion":
+                ref, _ = trained.ar_generate(prompts, max_new_tokens=max_new, eos_token_id=[])
+                assert torch.equal(out, ref), (mode, block, max_new)

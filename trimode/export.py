@@ -19,8 +19,14 @@ _SHARED_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_
 def to_transformers_causal_lm(model) -> Ministral3ForCausalLM:
     """A ``Ministral3ForCausalLM`` whose logits equal ``model``'s AR logits (same device and dtype)."""
     cfg = model.config
+    rope = dict(cfg.rope_parameters)
+    # Ministral3 always applies the llama-4 query scaling and needs its keys; trimode applies none
+    # without them, which is beta = 0 (rope_type "default" models, e.g. the shipped one).
+    if rope.get("llama_4_scaling_beta") is None:
+        rope["llama_4_scaling_beta"] = 0.0
+        rope.setdefault("original_max_position_embeddings", cfg.max_position_embeddings)
     hf_config = Ministral3Config(**{k: getattr(cfg, k) for k in _SHARED_FIELDS},
-                                 rope_parameters=dict(cfg.rope_parameters), tie_word_embeddings=False)
+                                 rope_parameters=rope, tie_word_embeddings=False)
     param = next(model.parameters())
     with torch.device("meta"):
         hf = Ministral3ForCausalLM(hf_config)

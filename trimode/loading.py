@@ -45,9 +45,13 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     model = AutoModel.from_pretrained(path, dtype=dtype)
     has_drafter = drafter and (path / DRAFTER_SUBFOLDER / "adapter_config.json").is_file()
     if has_drafter:
+        import warnings
+
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path, subfolder=DRAFTER_SUBFOLDER).model
+        with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, path, subfolder=DRAFTER_SUBFOLDER).model
     model = model.to(device).eval()
     if torch.device(device).type == "cpu":
         model.enable_decode_layout()  # faster single-token decode on CPU (see modeling.Projection)

@@ -1,16 +1,17 @@
 """Auto block length: the decision with injected costs and profiles is hand-checkable; the engine wiring works.
 
 Injected cost (GPU-unlike, CPU-like): c(k) = 1 + 0.25 (k - 1) for write and peek forwards.
-Linear self-speculation, tokens per cycle = mean(min(r, B - 1)) + 1, cost per cycle 2 c(B)
-(B = 1: no draft, c(1)). With every cycle accepting r = 3 drafts:
+Linear self-speculation, cost per cycle 2 c(B) (B = 1: no draft, one AR step c(1)). Every
+calibration cycle accepted r = 3 drafts: streaks of 4 tokens, which block B emits in
+ceil(4 / B) cycles, so tokens per cycle = 4 / ceil(4 / B):
 
-    B    tokens  cost         tokens / cost
-    1    1       1            1.000
-    2    2       2 * 1.25     0.800
-    3    3       2 * 1.5      1.000
-    4    4       2 * 1.75     1.143   <- best
-    6    4       2 * 2.25     0.889
-    8    4       2 * 2.75     0.727
+    B    tokens / cycle   cost        tokens / cost
+    1    1                1           1.000
+    2    2                2 * 1.25    0.800
+    3    2 (4 in 2)       2 * 1.5     0.667
+    4    4                2 * 1.75    1.143   <- best
+    6    4                2 * 2.25    0.889
+    8    4                2 * 2.75    0.727
 """
 
 import pytest
@@ -22,7 +23,8 @@ from trimode.evaluation.autotune import (AcceptanceProfile, AutotuneConfig, auto
                                          calibrate, choose_block_length, last_choice, measure_forward_costs)
 
 CANDIDATES = [1, 2, 3, 4, 6, 8]
-QUICK = AutotuneConfig(candidates=(1, 2, 4), repeats=3, time_budget=0.2, calibration_tokens=12)
+QUICK = AutotuneConfig(candidates=(1, 2, 4), diffusion_candidates=(1, 2, 4), repeats=3, time_budget=0.2,
+                       calibration_tokens=12)
 
 
 def cpu_like(kind: str, k: int) -> float:
@@ -38,7 +40,7 @@ def test_linear_choice_is_hand_computed():
     choice = choose_block_length("linear-spec", profile, cpu_like, CANDIDATES)
     assert choice.block_length == 4
     rates = {r["block_length"]: r["tokens_per_s"] for r in choice.rows}
-    assert rates == pytest.approx({1: 1.0, 2: 0.8, 3: 1.0, 4: 4 / 3.5, 6: 4 / 4.5, 8: 4 / 5.5})
+    assert rates == pytest.approx({1: 1.0, 2: 0.8, 3: 2 / 3, 4: 4 / 3.5, 6: 4 / 4.5, 8: 4 / 5.5})
     assert choice.predicted_speedup == pytest.approx(4 / 3.5)
     assert choice.predicted_gain_over(8) == pytest.approx((4 / 3.5) / (4 / 5.5))
 
@@ -57,16 +59,17 @@ def test_extremes(runs, cost, best):
 def test_measured_overhead_is_added_per_cycle():
     """Calibration wall time the forward costs do not explain is charged to every cycle (and to AR's steps).
 
-    Linear at B = 4: 4 cycles took 4 * (2 * 1.75 + 0.5) s, so 0.5 s per cycle is overhead; AR took 1.5 s per
-    step. Then B=4: 4 / (3.5 + 0.5) = 1.0 token/s, i.e. the measured 1.5x over AR (1 / 1.5) is reproduced;
-    B=3: 3 / (3 + 0.5); B=1: 1 / (1 + 0.5) = AR's rate.
+    Linear at B = 4: the fastest calibration call took 2 * 1.75 + 0.5 s per cycle, so 0.5 s per cycle is
+    overhead; AR took 1.5 s per step (fastest call). Then B=4: 4 / (3.5 + 0.5) = 1.0 token/s, i.e. the
+    measured 1.5x over AR (1 / 1.5) is reproduced; B=3: 2 / (3 + 0.5) (streaks of 4 tokens take 2 cycles);
+    B=1: 1 / (1 + 0.5) = AR's rate.
     """
-    profile = AcceptanceProfile("linear-spec", block_length=4, runs=[3] * 4, cycles=4,
-                                decode_seconds=4 * (2 * 1.75 + 0.5), ar_decode_seconds=10 * 1.5, ar_steps=10)
+    profile = AcceptanceProfile("linear-spec", block_length=4, runs=[3] * 4, cycle_seconds=[4.0, 9.0],
+                                ar_step_seconds=[2.5, 1.5])
     choice = choose_block_length("linear-spec", profile, cpu_like, [1, 2, 3, 4])
     assert choice.block_length == 4
     speedups = {r["block_length"]: r["speedup_vs_ar"] for r in choice.rows}
-    assert speedups == pytest.approx({1: 1.0, 2: 1.5 * 2 / 3, 3: 1.5 * 3 / 3.5, 4: 1.5})
+    assert speedups == pytest.approx({1: 1.0, 2: 1.5 * 2 / 3, 3: 1.5 * 2 / 3.5, 4: 1.5})
 
 
 def test_quadratic_cost_is_one_wide_forward():
@@ -89,8 +92,9 @@ def test_diffusion_uses_measured_forwards_per_block():
 def test_profile_approximation():
     profile = AcceptanceProfile.from_acceptance("linear-spec", 4, [1, 4, 2, 4])  # acceptance lengths
     assert profile.runs == [0, 3, 1, 3]
-    assert profile.tokens_per_cycle(4) == pytest.approx(1 + 7 / 4)
-    assert profile.tokens_per_cycle(2) == pytest.approx(1 + 3 / 4)
+    assert profile.tokens_per_cycle(4) == pytest.approx(11 / 4)  # the calibration itself
+    assert profile.tokens_per_cycle(3) == pytest.approx(11 / (1 + 2 + 1 + 2))  # streaks of 4 need 2 cycles
+    assert profile.tokens_per_cycle(2) == pytest.approx(11 / (1 + 2 + 1 + 2))
     assert profile.tokens_per_cycle(1) == 1.0
     with pytest.raises(ValueError, match="cannot predict block 8"):
         profile.tokens_per_cycle(8)

@@ -95,20 +95,24 @@ def test_eval_quick_end_to_end(model_dir, tmp_path):
     assert md.startswith("# trimode eval: ") and "| commit |" in md and _reruns_as(md, argv)
 
 
-def test_bench_library_on_a_stub_with_own_prompts():
-    """run_bench accepts any prompts; on an accept-all stub every number is exact."""
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_bench_library_on_a_stub_with_own_prompts(repeats):
+    """run_bench accepts any prompts; on an accept-all stub every number is exact (repeats pool rounds)."""
     stub = host(StubModel("right"))
-    config = quick_config(baseline=False, autotune=False, thresholds=[], block_lengths=[4], batch_sizes=[1],
-                          max_new_tokens=9, block_length=4, warmup=False)
+    config = quick_config(baseline=False, autotune=False, thresholds=[0.9], block_lengths=[4], batch_sizes=[1],
+                          max_new_tokens=9, block_length=4, warmup=False, repeats=repeats)
     sets = [PromptSet.from_ids("mine", [[5, 6, 7], [5, 6, 7, 8, 9]])]
     result = run_bench(stub, None, config, prompt_sets=sets, log=lambda m: None)
     rows = {r["mode"]: r for r in result["main"][0]["rows"]}
     # 9 tokens: prefill emits 1, then 2 cycles of 4. Per prompt: linear nfe 1 + 2*2, quadratic 1 + 2.
-    assert rows["linear-spec"]["nfe"] == 10 and rows["quadratic-spec"]["nfe"] == 6
-    assert rows["quadratic-spec"]["acceptance_histogram"] == {"4": 4}
-    assert rows["ar"]["tokens"] == rows["linear-spec"]["tokens"] == 18
+    assert rows["linear-spec"]["nfe"] == 10 * repeats and rows["quadratic-spec"]["nfe"] == 6 * repeats
+    assert rows["quadratic-spec"]["acceptance_histogram"] == {"4": 4 * repeats}
+    assert rows["ar"]["tokens"] == rows["linear-spec"]["tokens"] == 18 * repeats
+    assert rows["linear-spec"]["identical_to_ar"] == rows["diffusion"]["identical_to_ar"] == 1.0
     sol = result["sol"][0]
     assert sol["nfe"] == 2 * (1 + 2 * 2) and sol["samplers"]["linear-spec"]["share_of_sol"] == pytest.approx(1.0)
+    assert sol["reference_reproduced"] == 1.0
+    assert [r["identical_to_ar"] for r in result["threshold_sweep"]["rows"]] == [1.0, 1.0]
 
 
 def test_bad_inputs_are_one_clear_line(model_dir, tmp_path, capsys):

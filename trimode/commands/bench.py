@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from .common import MODE_CHOICES, add_model_argument, positive_int, threshold_value
-from ..evaluation.cliargs import add_common_arguments, comma_list, default_out_dir, load_for_harness, probability
+from ..evaluation.cliargs import add_common_arguments, comma_list, default_out_dir, load_for_harness
+from .common import probability
 
 
 def register(sub) -> None:
@@ -46,6 +47,8 @@ def register(sub) -> None:
                         "'' = no sweep)")
     p.add_argument("--block-lengths", type=comma_list(positive_int), default=None,
                    help="block-length sweep, comma list (default 2,4,8,16,32; '' = no sweep)")
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help="timed rounds per batch of prompts, interleaved (default 1; more = less noise)")
     p.add_argument("--no-baseline", action="store_true", help="skip transformers generate()")
     p.add_argument("--no-sol", action="store_true", help="skip the SOL oracle")
     p.add_argument("--no-autotune", action="store_true", help="skip the auto block length")
@@ -59,7 +62,7 @@ def bench_config(args: argparse.Namespace):
 
     config = quick_config() if args.quick else BenchConfig()
     for name in ("prompt_sets", "n_prompts", "sweep_prompts", "max_new_tokens", "code_prompt_tokens", "batch_sizes",
-                 "modes", "block_length", "threshold", "thresholds", "block_lengths", "seed"):
+                 "modes", "block_length", "threshold", "thresholds", "block_lengths", "seed", "repeats"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)

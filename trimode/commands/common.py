@@ -7,37 +7,43 @@ import argparse
 MODE_CHOICES = ["ar", "diffusion", "linear-spec", "quadratic-spec"]
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, kind: type, minimum, what: str):
+    """Parse ``text`` as ``kind`` and require it to be >= ``minimum`` (an argparse type)."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not value >= minimum:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
     return value
 
 
+def positive_int(text: str) -> int:
+    return _number(text, int, 1, "an integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, 0, "an integer")
+
+
 def non_negative_float(text: str) -> float:
+    return _number(text, float, 0, "a number")
+
+
+def probability(text: str) -> float:
+    """A number in (0, 1] (a confidence threshold)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
     return value
 
 
 def threshold_value(text: str) -> float | None:
     """A confidence threshold in (0, 1], or 'none' for the fixed schedule."""
-    if text.lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1] or 'none'") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1], or 'none'")
-    return value
+    return None if text.lower() == "none" else probability(text)
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:

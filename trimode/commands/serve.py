@@ -9,33 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import MODE_CHOICES, add_model_argument, non_negative_float, positive_int, threshold_value
+from .common import (MODE_CHOICES, add_model_argument, non_negative_float, non_negative_int, positive_int,
+                     threshold_value)
 
 SERVING_EXTRAS = "fastapi>=0.110 uvicorn>=0.29 prometheus-client>=0.20"
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
-
-
 def _port(text: str) -> int:
-    value = _non_negative_int(text)
+    value = non_negative_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535)")
     return value
@@ -59,9 +40,9 @@ def register(sub) -> None:
                    help="most requests decoded together (default: %(default)s)")
     p.add_argument("--max-queue", type=positive_int, default=d.max_queue,
                    help="most waiting requests before answering 429 (default: %(default)s)")
-    p.add_argument("--batch-wait", type=_seconds, default=d.batch_wait,
+    p.add_argument("--batch-wait", type=non_negative_float, default=d.batch_wait,
                    help="seconds to wait for more requests before a batch starts (default: %(default)s)")
-    p.add_argument("--timeout", type=_seconds, default=d.request_timeout,
+    p.add_argument("--timeout", type=non_negative_float, default=d.request_timeout,
                    help="per-request timeout in seconds, queueing included (default: %(default)s)")
     p.add_argument("--max-tokens-limit", type=positive_int, default=d.max_tokens_limit,
                    help="largest max_tokens accepted (default: %(default)s)")
@@ -81,7 +62,7 @@ def register(sub) -> None:
     g = p.add_argument_group("auto mode", "how `mode: auto` chooses between self-speculation and AR")
     g.add_argument("--auto-spec-mode", choices=["linear-spec", "quadratic-spec"], default=a.spec_mode,
                    help="speculative mode auto uses (default: %(default)s)")
-    g.add_argument("--auto-max-load", type=_non_negative_int, default=a.max_load_for_spec,
+    g.add_argument("--auto-max-load", type=non_negative_int, default=a.max_load_for_spec,
                    help="speculate only while at most this many requests wait (default: %(default)s)")
     g.add_argument("--auto-acceptance-floor", type=non_negative_float, default=a.acceptance_floor, metavar="TOKENS",
                    help="fall back to AR when the rolling mean acceptance length (tokens per verification "

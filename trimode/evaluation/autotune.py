@@ -32,23 +32,34 @@ plus a per-cycle *overhead*: what the decoder spends outside those calls
 (acceptance, emission, cache bookkeeping; it dominates for tiny models). It is
 the residual between the calibration run's wall time (after its first token)
 and what the costs above predict for it, per cycle, at the calibration block,
-and is assumed the same for every B. AR's rate is measured the same way (a
-short AR run on the calibration prompts). So at the calibration block the
+and is assumed the same for every B. AR's rate is measured the same way (an
+AR run on each calibration prompt, right after the mode's). As for the costs,
+the fastest call's time per cycle is kept. So at the calibration block the
 prediction reproduces the measured speed, and other blocks differ from it by
 the measured cost of their forwards and their predicted acceptance.
 
 **Tokens per cycle.** Speculative modes: one calibration run per prompt at
 the largest candidate ``B_cal`` records the accepted drafts of every cycle,
-``r`` (acceptance length - 1, capped at ``B_cal - 1``). For a smaller block
-the prediction is ``mean(min(r, B - 1)) + 1``. This is an approximation: it
-assumes a shorter block accepts the same prefix of drafts, i.e. that drafts
-do not depend on how many masks follow them, and that cycles would start at
-the same places. The last cycle of each calibration run is dropped (cut by
-EOS or ``max_new_tokens``, it would bias ``r`` low). ``trimode bench`` reports
-predicted against measured acceptance per B, so the approximation is checked
-on every run. Diffusion: denoising depends on the block, so each candidate B
-is run and its forwards counted: seconds per token =
-``(denoise_nfe * c(peek, B) + block_writes * c(write, B)) / tokens``.
+``r`` (acceptance length - 1). Each cycle is a *streak* of ``r + 1`` tokens
+(the accepted drafts and the bonus token) ended by the first rejected draft.
+A block B emits ``min(r, B - 1) + 1`` tokens per cycle, so it needs
+``ceil((r + 1) / B)`` cycles for the streak, and the prediction is
+
+    tokens per cycle (B) = sum(r + 1) / sum(ceil((r + 1) / B))
+
+This is an approximation: it assumes a shorter block drafts the same tokens
+(drafts do not depend on how many masks follow them), so a draft is rejected
+at the same place whatever the block. It reproduces the calibration exactly at
+``B_cal``; for blocks with ``r < B - 1`` everywhere it is the familiar
+``mean(min(r, B - 1)) + 1``, and it does not undercount long streaks, which a
+small block consumes in several full cycles. The last cycle of a run, cut by
+EOS or ``max_new_tokens``, counts as observed (a lower bound). ``trimode
+bench`` reports predicted against measured acceptance per B, so the
+approximation is checked on every run.
+
+Diffusion: denoising depends on the block, so each candidate B is run and its
+forwards counted: seconds per token = ``(denoise_nfe * c(peek, B) +
+block_writes * c(write, B) + overhead * forwards) / tokens``.
 
 **Profile source.** :func:`calibrate` (the bench calls it with its own
 prompts) or, when ``auto`` is asked for before any calibration, a short run on
@@ -78,10 +89,16 @@ _CACHE_ATTR = "_trimode_autotune"
 
 @dataclass
 class AutotuneConfig:
-    """How ``auto`` measures (defaults keep it under ~2 s on a few-million-parameter model)."""
+    """How ``auto`` measures.
+
+    Defaults: the forward costs take ~1-2 s on a few-million-parameter model, the calibration
+    runs a few more seconds (diffusion, one run per candidate, the most); both once per process.
+    """
 
     candidates: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-    """Block lengths considered (capped by the context length)."""
+    """Block lengths considered for the speculative modes (capped by the context length)."""
+    diffusion_candidates: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    """Block lengths considered for diffusion (each one is a calibration run, so fewer)."""
     prefix_tokens: int = 64
     """Cached prefix the cost forwards attend to (prompt-sized)."""
     repeats: int = 7
@@ -92,14 +109,15 @@ class AutotuneConfig:
     """Cap on the quadratic forward width B*(B+1)."""
     calibration_prompts: int = 2
     """Generic prompts when no calibration was given."""
-    calibration_tokens: int = 48
+    calibration_tokens: int = 32
     """New tokens per calibration run."""
     seed: int = 0
 
     def validate(self) -> "AutotuneConfig":
-        if not self.candidates or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
-                                      for b in self.candidates):
-            raise ValueError(f"autotune candidates={self.candidates!r} must be positive integers")
+        for name in ("candidates", "diffusion_candidates"):
+            values = getattr(self, name)
+            if not values or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in values):
+                raise ValueError(f"autotune {name}={values!r} must be positive integers")
         for name in ("prefix_tokens", "repeats", "max_quadratic_tokens", "calibration_prompts",
                      "calibration_tokens"):
             if getattr(self, name) < 1:
@@ -120,21 +138,19 @@ class AcceptanceProfile:
     runs: list[int] = field(default_factory=list)
     diffusion: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     source: str = "given"
-    decode_seconds: float = 0.0
-    """Wall time after the first token, summed over the calibration calls at ``block_length`` (0: unknown)."""
-    ar_decode_seconds: float = 0.0
-    """The same for AR on the same prompts (0: unknown, AR's rate is then 1 / c(write, 1))."""
-    ar_steps: int = 0
-    cycles: int = 0
-    """Cycles of the speculative calibration calls (for the overhead per cycle)."""
+    cycle_seconds: list[float] = field(default_factory=list)
+    """Per calibration call at ``block_length``: wall time after the first token / cycles (diffusion: /
+    forwards). Empty: unknown, no overhead is added."""
+    ar_step_seconds: list[float] = field(default_factory=list)
+    """The same for AR on the same prompts: seconds per step (empty: AR's rate is 1 / c(write, 1))."""
 
     def tokens_per_cycle(self, block: int) -> float:
-        """Predicted tokens per cycle at ``block``: mean(min(r, block - 1)) + 1 (see module docstring)."""
+        """Predicted tokens per cycle at ``block``: sum(r + 1) / sum(ceil((r + 1) / block)) (module docstring)."""
         if block > self.block_length and self.runs:
             raise ValueError(f"profile measured at block {self.block_length} cannot predict block {block}")
         if not self.runs:
             return 1.0
-        return sum(min(r, block - 1) for r in self.runs) / len(self.runs) + 1
+        return sum(r + 1 for r in self.runs) / sum(-(-(r + 1) // block) for r in self.runs)
 
     @classmethod
     def from_acceptance(cls, mode: str, block_length: int, acceptance_lengths: list[int],
@@ -193,7 +209,8 @@ def clear_cache(model) -> None:
 def candidates_for(model, mode: str, config: AutotuneConfig) -> list[int]:
     """The candidate blocks of ``mode`` that fit the model's context (and the quadratic cap)."""
     limit = max(1, model.config.max_position_embeddings - config.prefix_tokens - 1)
-    out = [b for b in sorted(set(config.candidates)) if b <= limit]
+    pool = config.diffusion_candidates if mode == "diffusion" else config.candidates
+    out = [b for b in sorted(set(pool)) if b <= limit]
     if mode == "quadratic-spec":
         out = [b for b in out if b * (b + 1) <= config.max_quadratic_tokens] or [1]
     return out or [1]
@@ -319,6 +336,11 @@ def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneCon
                                      **kw)
         return st, time.perf_counter() - start - (st.time_to_first_token or 0.0)  # decode wall time
 
+    def ar_step(prompt: list[int]) -> None:  # interleaved with the mode's calls: noise hits both alike
+        st, seconds = timed("ar", prompt)
+        if st.acceptance_lengths:
+            profile.ar_step_seconds.append(seconds / len(st.acceptance_lengths))
+
     if mode == "diffusion":
         profile = AcceptanceProfile(mode, max(blocks), source=source)
         extra = {} if threshold is None else {"threshold": threshold}
@@ -327,7 +349,8 @@ def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneCon
             for p in prompts:
                 st, seconds = timed(mode, p, block_length=b, **extra)
                 if b == max(blocks):
-                    profile.decode_seconds += seconds
+                    profile.cycle_seconds.append(seconds / max(1, st.nfe - st.prefill_forwards))
+                    ar_step(p)
                 blocks_run = len(st.acceptance_lengths)
                 decode_nfe = st.nfe - st.prefill_forwards
                 w = min(blocks_run, decode_nfe)  # a block emitted without a write ends the row
@@ -340,15 +363,14 @@ def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneCon
         profile = AcceptanceProfile(mode, b_cal, source=source)
         for p in prompts:
             st, seconds = timed(mode, p, block_length=b_cal)
-            profile.runs += [max(0, min(a - 1, b_cal - 1)) for a in st.acceptance_lengths[:-1]]  # last one is cut
-            profile.decode_seconds += seconds
-            profile.cycles += len(st.acceptance_lengths)
+            profile.runs += [max(0, min(a - 1, b_cal - 1)) for a in st.acceptance_lengths]
+            if st.acceptance_lengths:
+                profile.cycle_seconds.append(seconds / len(st.acceptance_lengths))
+            ar_step(p)
     else:
         profile = AcceptanceProfile(mode, 1, source=source)
-    for p in prompts:  # AR on the same prompts: the rate every prediction is relative to
-        st, seconds = timed("ar", p)
-        profile.ar_decode_seconds += seconds
-        profile.ar_steps += len(st.acceptance_lengths)
+        for p in prompts:
+            ar_step(p)
     state = _state(model)
     state.profiles[mode] = profile
     state.choices.pop(mode, None)
@@ -371,17 +393,19 @@ def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, can
         _, denoise, writes = profile.diffusion[b]
         return denoise * cost("peek", b) + writes * cost("write", b), denoise + writes
 
-    # Overheads: calibration wall time the forward costs do not explain (see module docstring).
+    # Overheads: calibration wall time the forward costs do not explain (see module docstring). The
+    # fastest call is kept, as for the costs: noise only adds time, and per-cycle time barely
+    # depends on the prompt.
     ar_step = cost("write", 1)
-    if profile.ar_steps and profile.ar_decode_seconds > 0:
-        ar_step = max(ar_step, profile.ar_decode_seconds / profile.ar_steps)
+    if profile.ar_step_seconds:
+        ar_step = max(ar_step, min(profile.ar_step_seconds))
     overhead = 0.0  # per cycle (speculative) or per forward (diffusion)
-    if profile.decode_seconds > 0:
+    if profile.cycle_seconds:
         if mode == "diffusion" and profile.block_length in profile.diffusion:
             seconds, count = diffusion_forwards(profile.block_length)
-            overhead = max(0.0, (profile.decode_seconds - seconds) / max(1, count))
-        elif profile.cycles:
-            overhead = max(0.0, profile.decode_seconds / profile.cycles - forwards(profile.block_length))
+            overhead = max(0.0, min(profile.cycle_seconds) - seconds / max(1, count))
+        elif mode != "diffusion":
+            overhead = max(0.0, min(profile.cycle_seconds) - forwards(profile.block_length))
     ar_rate = 1.0 / ar_step
     rows = []
     for b in sorted(candidates):

@@ -21,17 +21,14 @@ Design choices:
   tokens: proof that the two engines run the same model.
 - Memory: the reloaded copy holds a second set of weights (fine for the small
   models this harness targets on CPU).
-- Models without the llama-4 query scaling (``rope_type: default``) get
-  ``llama_4_scaling_beta = 0`` in the exported config (see
-  :func:`_fill_llama4_scaling`): ``Ministral3`` needs the key, and 0 is no scaling.
+- Models without the llama-4 query scaling (``rope_type: default``) are exported with
+  ``llama_4_scaling_beta = 0`` by :mod:`trimode.export`: ``Ministral3`` needs the key.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -49,7 +46,6 @@ class TransformersBaseline:
         param = next(model.parameters())
         with tempfile.TemporaryDirectory(prefix="trimode-baseline-") as tmp:
             save_transformers_causal_lm(model, tmp)
-            _fill_llama4_scaling(Path(tmp) / "config.json", model.config.max_position_embeddings)
             self.hf = Ministral3ForCausalLM.from_pretrained(tmp, dtype=param.dtype).to(param.device).eval()
         cfg = model.config
         self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
@@ -85,20 +81,3 @@ class TransformersBaseline:
     def matches(baseline: RunRecord, reference: RunRecord) -> bool:
         """The baseline's tokens equal the reference run's (meaningful at batch 1, greedy)."""
         return baseline.generated == reference.generated
-
-
-def _fill_llama4_scaling(config_path: Path, max_position_embeddings: int) -> None:
-    """Make an exported config without the llama-4 query scaling loadable and runnable.
-
-    ``Ministral3ForCausalLM`` always applies ``1 + beta * log(1 + floor(pos / original_max))``
-    and fails when ``rope_parameters`` lacks those keys (``rope_type: default`` models).
-    trimode applies no scaling then, which is ``beta = 0``: same logits. (Belongs in
-    ``trimode.export``; done here until it is.)
-    """
-    config = json.loads(config_path.read_text())
-    rope = config.get("rope_parameters") or {}
-    if rope.get("llama_4_scaling_beta") is None:
-        rope["llama_4_scaling_beta"] = 0.0
-        rope.setdefault("original_max_position_embeddings", max_position_embeddings)
-        config["rope_parameters"] = rope
-        config_path.write_text(json.dumps(config, indent=2))

@@ -39,7 +39,7 @@ from typing import Callable
 from .accuracy import Setting, score_rows
 from .autotune import AutotuneConfig, auto_block_choice, calibrate, forward_costs
 from .environment import environment
-from .metrics import RunRecord, identical_share, ratio, summarize, timed_decode
+from .metrics import RunRecord, identical_share, ratio, summarize
 from .prompts import PROMPT_SETS, PromptSet, build_prompt_set
 from .sol import speed_of_light
 
@@ -84,6 +84,8 @@ class BenchConfig:
     autotune: bool = True
     """Pick the block length with block_length='auto' and measure its gain."""
     autotune_config: AutotuneConfig = field(default_factory=AutotuneConfig)
+    repeats: int = 1
+    """Timed rounds per batch of prompts (interleaved); more rounds, less noise."""
     warmup: bool = True
     """One short untimed call per engine first."""
     plots: bool = True
@@ -98,7 +100,8 @@ class BenchConfig:
              f"prompt_sets={self.prompt_sets!r}: each must be one of {', '.join(PROMPT_SETS)}")
         need(bool(self.modes) and all(m in MODES for m in self.modes),
              f"modes={self.modes!r}: each must be one of {', '.join(MODES)}")
-        for name in ("n_prompts", "sweep_prompts", "max_new_tokens", "code_prompt_tokens", "quadratic_max_block"):
+        for name in ("n_prompts", "sweep_prompts", "max_new_tokens", "code_prompt_tokens", "quadratic_max_block",
+                     "repeats"):
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)!r} must be >= 1")
         need(bool(self.batch_sizes) and all(b >= 1 for b in self.batch_sizes),
              f"batch_sizes={self.batch_sizes!r} must be positive integers")
@@ -114,8 +117,8 @@ def quick_config(**overrides) -> BenchConfig:
     """A seconds-long configuration (tests, smoke runs): same sections, tiny sizes."""
     kw = dict(n_prompts=2, sweep_prompts=2, max_new_tokens=12, code_prompt_tokens=24, batch_sizes=[1, 2],
               thresholds=[0.5, 0.9], block_lengths=[2, 4], quadratic_max_block=4,
-              autotune_config=AutotuneConfig(candidates=(1, 2, 4), repeats=3, time_budget=0.2,
-                                             calibration_tokens=12))
+              autotune_config=AutotuneConfig(candidates=(1, 2, 4), diffusion_candidates=(1, 2, 4), repeats=3,
+                                             time_budget=0.2, calibration_tokens=12))
     kw.update(overrides)
     return BenchConfig(**kw)
 
@@ -129,12 +132,14 @@ def _stderr(msg: str) -> None:
 
 # ---------------------------------------------------------------- running
 def interleaved(model, prompts: list[list[int]], batch_size: int, settings: list[Setting], max_new_tokens: int,
-                baseline=None) -> tuple[dict[str, list[RunRecord]], list[RunRecord], int, dict[str, str]]:
+                baseline=None, repeats: int = 1) -> tuple[dict[str, list[RunRecord]], list[RunRecord], int,
+                                                          dict[str, str]]:
     """Every setting (and the baseline) back to back on each batch of prompts.
 
-    The order of the settings rotates from one batch to the next, so no engine always runs
-    first (or right after another). ``settings[0]`` must be AR: its token counts drive the
-    baseline, which runs last on each batch. A setting that fails (an engine error) is
+    The order of the settings rotates from one round to the next, so no engine always runs
+    first (or right after another). ``repeats`` rounds per batch; their records are pooled.
+    ``settings[0]`` must be AR: its token counts drive the baseline, which runs last on
+    each batch. A setting that fails (an engine error) is
     reported, not fatal: it stops running and its error is returned, so one broken setting
     does not cost the whole report. Returns (records per setting label, baseline records,
     batches where the baseline's tokens differ from AR's, errors per setting label).
@@ -145,7 +150,8 @@ def interleaved(model, prompts: list[list[int]], batch_size: int, settings: list
     base: list[RunRecord] = []
     errors: dict[str, str] = {}
     mismatches = 0
-    for n, i in enumerate(range(0, len(prompts), batch_size)):
+    rounds = [(i, r) for i in range(0, len(prompts), batch_size) for r in range(repeats)]
+    for n, (i, _) in enumerate(rounds):
         chunk = prompts[i:i + batch_size]
         shift = n % len(settings)
         for s in settings[shift:] + settings[:shift]:
@@ -167,18 +173,24 @@ def interleaved(model, prompts: list[list[int]], batch_size: int, settings: list
 
 
 def _row(engine: str, records: list[RunRecord], reference: list[RunRecord] | None = None, tokenizer=None,
-         tasks=None, error: str | None = None) -> dict:
+         tasks=None, error: str | None = None, repeats: int = 1) -> dict:
+    """Metrics of one setting; correctness (identical to AR, accuracy) from the first round of each batch."""
     if error is not None:
         return {"engine": engine, "error": error, "tokens_per_s": None, "tpf": None}
     s = summarize(records).as_dict()
     s["engine"] = engine
-    generated = [g for r in records for g in r.generated]
+    generated = _outputs(records, repeats)
     if reference is not None:
-        s["identical_to_ar"] = identical_share(generated, [g for r in reference for g in r.generated])
+        s["identical_to_ar"] = identical_share(generated, _outputs(reference, repeats))
     if tasks is not None and tokenizer is not None:
         scores = score_rows(tokenizer, tasks, generated)
         s["accuracy"] = sum(scores) / len(scores)
     return s
+
+
+def _outputs(records: list[RunRecord], repeats: int) -> list[list[int]]:
+    """Generated rows in prompt order, once (rounds of one batch are consecutive; greedy repeats are equal)."""
+    return [g for r in records[::repeats] for g in r.generated]
 
 
 def _check_context(model, sets: list[PromptSet], config: BenchConfig) -> None:
@@ -246,13 +258,14 @@ def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
     for ps in sets:
         for bs in config.batch_sizes:
             log(f"main: {ps.name} prompts, batch {bs} ...")
-            recs, base, mismatches, errors = interleaved(model, ps.prompts, bs, main_settings, max_new, baseline)
+            recs, base, mismatches, errors = interleaved(model, ps.prompts, bs, main_settings, max_new, baseline,
+                                                         config.repeats)
             ar = recs["ar"]
             if bs == 1:
                 ar_batch1[ps.name] = ar
             tasks = ps.tasks
-            rows = [_row(s.label, recs[s.label], ar, tokenizer, tasks, errors.get(s.label)) | {"mode": s.mode}
-                    for s in main_settings]
+            rows = [_row(s.label, recs[s.label], ar, tokenizer, tasks, errors.get(s.label), config.repeats)
+                    | {"mode": s.mode} for s in main_settings]
             if baseline is not None:
                 rows.append(_row(f"transformers {baseline.name}.generate()", base, None, tokenizer, None)
                             | {"mode": "transformers", "matches_ar": None if bs > 1 else mismatches == 0})
@@ -271,7 +284,8 @@ def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
         for ps in sets:
             log(f"SOL: {ps.name} prompts, block {block} ...")
             refs = ar_batch1.get(ps.name) or interleaved(model, ps.prompts, 1, [Setting("ar")], max_new)[0]["ar"]
-            sol = _sol_row(model, ps.prompts, [g for r in refs for g in r.generated], block, max_new)
+            sol = _sol_row(model, ps.prompts, _outputs(refs, config.repeats if ps.name in ar_batch1 else 1),
+                           block, max_new)
             tpfs = {r["mode"]: r["tpf"] for t in main if t["prompt_set"] == ps.name and t["batch_size"] == 1
                     for r in t["rows"] if r.get("tpf") is not None}
             sol["samplers"] = {m: {"tpf": tpfs[m], "share_of_sol": ratio(tpfs[m], sol["tpf"])}
@@ -282,8 +296,9 @@ def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
     if config.thresholds:
         log(f"threshold sweep on {len(sweep_set)} {sweep_set.name} prompts ...")
         settings = [Setting("ar")] + [Setting("diffusion", block, t, True) for t in config.thresholds]
-        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, settings, max_new)
-        rows = [_row(s.label, recs[s.label], recs["ar"], tokenizer, sweep_set.tasks, errors.get(s.label))
+        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, settings, max_new, repeats=config.repeats)
+        rows = [_row(s.label, recs[s.label], recs["ar"], tokenizer, sweep_set.tasks, errors.get(s.label),
+                     config.repeats)
                 | {"mode": s.mode, "threshold": s.threshold if s.mode == "diffusion" else None} for s in settings]
         for r in rows:
             r["vs_ar"] = ratio(r["tokens_per_s"], rows[0]["tokens_per_s"])
@@ -304,7 +319,8 @@ def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
         for mode in auto_modes:
             settings.append(Setting(mode, block, threshold, mode == "diffusion"))
             settings.append(Setting(mode, "auto", threshold, mode == "diffusion"))  # through the engine's "auto"
-        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, _unique(settings), max_new)
+        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, _unique(settings), max_new,
+                                            repeats=config.repeats)
         ar_rate = summarize(recs["ar"]).tokens_per_s
         for mode in auto_modes:
             choice = choices[mode]
@@ -338,12 +354,12 @@ def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
                 if mode == "quadratic-spec" and b > config.quadratic_max_block:
                     continue
                 settings.append(Setting(mode, b, threshold, mode == "diffusion"))
-        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, settings, max_new)
-        refs = [g for r in recs["ar"] for g in r.generated]
+        recs, _, _, errors = interleaved(model, sweep_set.prompts, 1, settings, max_new, repeats=config.repeats)
+        refs = _outputs(recs["ar"], config.repeats)
         ar_rate = summarize(recs["ar"]).tokens_per_s
         rows = []
         for s in settings[1:]:
-            row = _row(s.label, recs[s.label], recs["ar"], error=errors.get(s.label)) | {
+            row = _row(s.label, recs[s.label], recs["ar"], error=errors.get(s.label), repeats=config.repeats) | {
                 "mode": s.mode, "block_length": s.block_length}
             row["vs_ar"] = ratio(row["tokens_per_s"], ar_rate)
             prof = profiles.get(s.mode)
@@ -401,11 +417,14 @@ def goals(result: dict) -> list[dict]:
     table = main.get(("tasks", 1))
     if table:
         rows = {r["mode"]: r for r in table["rows"]}
-        candidates = [(r.get("vs_ar"), r["engine"]) for r in table["rows"] if r["mode"] in SPEC_MODES]
+        # Every measured speculative setting counts, except block 1, which drafts nothing (it is AR).
+        candidates = [(r.get("vs_ar"), r["engine"]) for r in table["rows"] if r["mode"] in SPEC_MODES
+                      and result["block_length"] > 1]
         candidates += [(r.get("vs_ar"), r["engine"]) for r in result.get("block_sweep", {}).get("rows", [])
-                       if r["mode"] in SPEC_MODES]
+                       if r["mode"] in SPEC_MODES and r.get("block_length", 2) > 1]
         candidates += [(r.get("measured_speedup_vs_ar"), f"{r['mode']} B=auto({r['chosen_block_length']})")
-                       for r in result.get("autotune", {}).get("rows", []) if r["mode"] in SPEC_MODES]
+                       for r in result.get("autotune", {}).get("rows", [])
+                       if r["mode"] in SPEC_MODES and r["chosen_block_length"] > 1]
         candidates = [c for c in candidates if c[0] is not None]
         if candidates:
             best = max(candidates)

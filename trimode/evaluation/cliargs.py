@@ -21,17 +21,6 @@ def comma_list(item: Callable, allowed: list[str] | None = None):
     return parse
 
 
-def probability(text: str) -> float:
-    """An argparse type: a number in (0, 1] (a threshold; 'none' is not accepted here)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
-    return value
-
-
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: benchmarks/reports/<model-name>/)")

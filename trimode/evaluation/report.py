@@ -87,7 +87,7 @@ def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[str]:
-    cfg, info = result["config"], result["model_info"]
+    info = result["model_info"]
     md = header(f"trimode bench: {result['model']}", command, result["environment"])
     md += ["## Setup", "",
            f"- model: {info['parameters'] / 1e6:.2f}M parameters, config block_size {info['block_size']}, "
@@ -123,7 +123,8 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
                "The oracle commits, at every denoising step, every masked position whose argmax already equals the "
                "AR greedy reference (and the leftmost one with the reference token if none does): an upper bound "
                "for samplers that keep AR's output. A lossy sampler (diffusion at a low threshold, committing tokens "
-               "AR would not) can exceed it; compare it with the speculative modes, which are lossless. Batch 1.", ""]
+               "AR would not) can exceed it, and so can quadratic self-speculation, which spends one forward per "
+               "cycle where diffusion spends at least a denoise and a write. Batch 1.", ""]
         rows = []
         for s in result["sol"]:
             samplers = ", ".join(f"{m} {v['tpf']:.2f} ({_f(v['share_of_sol'], '.0%')} of SOL)"
@@ -144,10 +145,14 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
     if result.get("autotune"):
         at = result["autotune"]
         md += ["## Auto block length (`block_length=\"auto\"`)", "",
-               f"Forward costs measured on this machine; acceptance calibrated on the {at['prompt_set']} sweep prompts. "
-               "Predicted tokens per cycle for block B = mean(min(accepted run, B-1)) + 1 from one calibration run at "
-               "the largest candidate (speculative modes); diffusion runs every candidate. The chosen B is then run "
-               "through the engine's `block_length=\"auto\"`, interleaved with AR and the config's block.", ""]
+               f"Forward costs measured on this machine; acceptance calibrated on the {at['prompt_set']} sweep "
+               "prompts. "
+               "Speculative modes: one calibration run at the largest candidate; a cycle that accepted r drafts is a "
+               "streak of r + 1 tokens, which block B emits in ceil((r + 1) / B) cycles, so predicted tokens per "
+               "cycle = sum(r + 1) / sum(ceil((r + 1) / B)) (assumes drafts do not depend on the block). Diffusion "
+               "runs every candidate. Per-cycle overhead outside the forwards is measured in the calibration run. "
+               "The chosen B is then run through the engine's `block_length=\"auto\"`, interleaved with AR and "
+               "the config's block.", ""]
         rows = [_error_row(dict(r, engine=r["mode"]), 7) if "error" in r else
                 [r["mode"], str(r["chosen_block_length"]), str(r["default_block_length"]),
                  _x(r["predicted_speedup_vs_ar"]), _x(r["measured_speedup_vs_ar"]),
@@ -204,7 +209,8 @@ def results_markdown(result: dict, command: str, evaluation: dict | None = None)
           f"commit {env['commit']}). Full report: [bench.md](bench.md).", ""]
     if _busy(env):
         md += [f"Warning: the machine was busy when this ran (load average {env['load_average']} on "
-               f"{env['cpu_count']} cores): timings are noisy.", ""]
+               f"{env['cpu_count']} cores): timings are noisy (beside other processes, `--threads 1` is steadier).",
+               ""]
     table = next((t for t in result.get("main", []) if t["batch_size"] == 1), None)
     if table:
         md += [f"Batch 1, {table['prompt_set']} prompts, greedy, {result['max_new_tokens']} new tokens, block "
@@ -219,9 +225,13 @@ def results_markdown(result: dict, command: str, evaluation: dict | None = None)
         if "error" in r:
             md.append(f"- `block_length=\"auto\"` for {r['mode']}: **error** {r['error']}")
             continue
+        same = r["chosen_block_length"] == r["default_block_length"]
+        versus = (f"the config's block already (the two identical runs differ by "
+                  f"{_x(r['measured_gain_vs_default'])}: run-to-run noise)" if same else
+                  f"{_x(r['measured_gain_vs_default'])} the config's B={r['default_block_length']}")
         md.append(f"- `block_length=\"auto\"` picks B={r['chosen_block_length']} for {r['mode']} on this machine: "
                   f"{_x(r['measured_speedup_vs_ar'])} AR tokens/s (predicted {_x(r['predicted_speedup_vs_ar'])}), "
-                  f"{_x(r['measured_gain_vs_default'])} the config's B={r['default_block_length']}.")
+                  f"{versus}.")
     for s in result.get("sol", []):
         md.append(f"- SOL (oracle diffusion) TPF on {s['prompt_set']} prompts at block {result['block_length']}: "
                   f"{s['tpf']:.2f}; " + ", ".join(f"{m} reaches {_f(v['share_of_sol'], '.0%')}"
