@@ -28,7 +28,7 @@ mkdir -p "$DEST"
 python - "$RUN/drafter" "$DEST" <<'PY'
 import shutil, sys
 shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-    "checkpoints", ".done", "train_log.jsonl", "*.png", "train_config.json"))
+    "checkpoints", ".done", "train_log.jsonl", "*.png", "train_config.json", "drafter_data.safetensors"))
 PY
 for s in ar joint sft drafter; do
     mkdir -p "$DEST/training/$s"
