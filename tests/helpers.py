@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import trimode
+from trimode.generation.api import DecodingMixin
 from trimode.modeling import TrimodeOutput, scaled_init_
 
 # A YaRN + llama-4 rope consistent with a short context, so tiny models exercise the published rope path.
@@ -85,20 +86,23 @@ class StubModel(nn.Module):
         return TrimodeOutput(logits=logits)
 
 
+class StubHost(DecodingMixin):
+    """The decoders of the mixin over a stub model (a stub is not a TrimodeModel, so it borrows them)."""
+
+    def __init__(self, stub: StubModel):
+        self.stub = stub
+        self.config = stub.config
+
+    def __call__(self, *args, **kwargs):
+        return self.stub(*args, **kwargs)
+
+    def parameters(self):
+        return self.stub.parameters()
+
+
 def stub_decode(stub: StubModel, mode: str, prompts, **kwargs):
-    """Run a decoder of the mixin on a stub (the stub is not a TrimodeModel, so borrow the method)."""
-    from trimode.generation.api import DecodingMixin
-
-    class Host(DecodingMixin):
-        config = stub.config
-
-        def __call__(self, *a, **k):
-            return stub(*a, **k)
-
-        def parameters(self):
-            return stub.parameters()
-
-    return Host().decode_mode(mode, prompts, return_stats=True, **kwargs)
+    """Run one decoding mode on a stub; returns (output_ids, nfe, stats)."""
+    return StubHost(stub).decode_mode(mode, prompts, return_stats=True, **kwargs)
 
 
 def pattern_batch(gen: torch.Generator, batch: int, length: int, vocab: int) -> torch.Tensor:

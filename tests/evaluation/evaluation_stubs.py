@@ -2,8 +2,7 @@
 
 import torch
 
-from helpers import StubModel, truth
-from trimode.generation.api import DecodingMixin
+from helpers import StubHost, StubModel, truth
 from trimode.modeling import TrimodeOutput
 
 
@@ -40,18 +39,10 @@ def host(stub, fail_mode: str | None = None):
     ``fail_mode``: decoding in that mode raises a RuntimeError (an engine error to report).
     """
 
-    class Host(DecodingMixin):
-        config = stub.config
-
-        def __call__(self, *a, **k):
-            return stub(*a, **k)
-
-        def parameters(self):
-            return stub.parameters()
-
+    class Host(StubHost):
         def decode_mode(self, mode, prompt_ids, **kwargs):
             if mode == fail_mode:
                 raise RuntimeError("KVCache overflow: simulated")
             return super().decode_mode(mode, prompt_ids, **kwargs)
 
-    return Host()
+    return Host(stub)
