@@ -23,9 +23,9 @@ counts per call; here they are pooled, never averaged per call):
   pooled over calls: each cycle's wall time spread over the tokens it emitted
   (:meth:`GenerationStats.token_latencies`). At batch > 1 a cycle's tokens are
   those of all rows, so this is per token of the batch, not per row.
-- ``tokens_per_s``: tokens / wall-clock time *around* the calls. Unlike
-  :attr:`GenerationStats.tokens_per_second` (forward time only), this includes
-  sampling, acceptance and bookkeeping: it is what a user sees.
+- ``tokens_per_s``: tokens / wall-clock time *around* the calls (the same quantity as
+  :attr:`GenerationStats.tokens_per_second`, measured from outside the call): it includes
+  sampling, acceptance and bookkeeping, which is what a user sees.
   ``forward_share`` says how much of that wall time the forwards took.
 
 Percentiles use linear interpolation between order statistics (numpy's default).

@@ -211,4 +211,5 @@ def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request
             strategy.step(run)
             run.freeze_finished()
     run.stats.tokens_per_row = [len(g) for g in run.generated]
+    run.stats.wall_time = time.perf_counter() - run._started
     return run

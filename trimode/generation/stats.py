@@ -67,12 +67,17 @@ class GenerationStats:
         """Share of drafted tokens that were accepted (commit ratio)."""
         return self.accepted / self.drafted if self.drafted else 0.0
 
+    # Wall time of the whole call (forwards, sampling, bookkeeping): what a user waits for.
+    wall_time: float = 0.0
+
     @property
     def total_time(self) -> float:
-        return self.prefill_time + self.decode_time
+        """Wall time of the call (falls back to forward time if the call did not record it)."""
+        return self.wall_time or (self.prefill_time + self.decode_time)
 
     @property
     def tokens_per_second(self) -> float:
+        """Generated tokens per second of wall time (end to end, prompt processing included)."""
         return self.tokens_generated / self.total_time if self.total_time > 0 else 0.0
 
     def as_dict(self) -> dict:
@@ -83,6 +88,6 @@ class GenerationStats:
             "tpf": self.tpf, "mean_acceptance": self.mean_acceptance,
             "acceptance_histogram": self.acceptance_histogram, "drafted": self.drafted,
             "accepted": self.accepted, "rolled_back": self.rolled_back, "acceptance_rate": self.acceptance_rate,
-            "prefill_time": self.prefill_time, "decode_time": self.decode_time,
+            "prefill_time": self.prefill_time, "decode_time": self.decode_time, "wall_time": self.total_time,
             "tokens_per_second": self.tokens_per_second, "time_to_first_token": self.time_to_first_token,
         }
