@@ -76,6 +76,20 @@ def test_auto_speculates_at_low_load_and_falls_back_when_the_queue_is_deep():
     assert (decision.mode, decision.reason) == ("ar", "queue_depth")
 
 
+def test_auto_remembers_recent_load_for_the_cooldown():
+    """The first request of a burst sees a short queue: auto must not start a slow speculative
+    batch right after the queue was deep (it would hold the burst behind it)."""
+    policy = AutoPolicy(AutoModeConfig(max_load_for_spec=1, load_cooldown=2.0))
+    assert policy.decide(load=1, now=100.0).reason == "low_load"
+    assert policy.decide(load=5, now=101.0).reason == "queue_depth"
+    decision = policy.decide(load=1, now=102.5)
+    assert (decision.mode, decision.reason) == ("ar", "recent_load")
+    assert policy.decide(load=1, now=103.1).reason == "low_load"  # cooldown over: speculate again
+    no_memory = AutoPolicy(AutoModeConfig(load_cooldown=0.0))
+    no_memory.decide(load=5, now=0.0)
+    assert no_memory.decide(load=1, now=0.0).reason == "low_load"
+
+
 def test_auto_falls_back_on_low_acceptance_and_keeps_probing():
     policy = AutoPolicy(AutoModeConfig(acceptance_floor=2.0, window=8, min_samples=4, probe_every=3,
                                        max_probe_every=6))

@@ -64,6 +64,8 @@ def register(sub) -> None:
                    help="speculative mode auto uses (default: %(default)s)")
     g.add_argument("--auto-max-load", type=non_negative_int, default=a.max_load_for_spec,
                    help="speculate only while at most this many requests wait (default: %(default)s)")
+    g.add_argument("--auto-load-cooldown", type=non_negative_float, default=a.load_cooldown, metavar="SECONDS",
+                   help="after the queue was deep, stay on AR this long (default: %(default)s)")
     g.add_argument("--auto-acceptance-floor", type=non_negative_float, default=a.acceptance_floor, metavar="TOKENS",
                    help="fall back to AR when the rolling mean acceptance length (tokens per verification "
                         "cycle) is below this (default: %(default)s)")
@@ -81,6 +83,7 @@ def config_from_args(args: argparse.Namespace):
 
     d = ServerConfig()
     auto = AutoModeConfig(spec_mode=args.auto_spec_mode, max_load_for_spec=args.auto_max_load,
+                          load_cooldown=args.auto_load_cooldown,
                           acceptance_floor=args.auto_acceptance_floor, window=args.auto_window,
                           min_samples=min(AutoModeConfig.min_samples, args.auto_window),
                           probe_every=args.auto_probe_every,

@@ -7,7 +7,9 @@ when drafts stop being accepted (speculation then spends forwards for nothing).
 :class:`AutoPolicy` is decided once per batch formation by the worker thread:
 
 1. load (requests waiting, the batch being formed included) above
-   ``max_load_for_spec`` -> AR (reason ``queue_depth``);
+   ``max_load_for_spec`` -> AR (reason ``queue_depth``), and for ``load_cooldown``
+   seconds after that -> AR (``recent_load``): the first request of a burst sees a
+   short queue, and a speculative batch started then would hold the burst behind it;
 2. rolling mean acceptance length of the speculative mode under
    ``acceptance_floor`` -> AR (``low_acceptance``), except a periodic
    ``probe`` that speculates so the rolling value keeps tracking the traffic.
@@ -22,6 +24,7 @@ Thread-safety: only the worker thread calls :meth:`decide` and :meth:`observe`.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
@@ -32,7 +35,7 @@ from .config import AutoModeConfig
 @dataclass(frozen=True)
 class AutoDecision:
     mode: str
-    reason: str  # low_load | queue_depth | low_acceptance | probe
+    reason: str  # low_load | queue_depth | recent_load | low_acceptance | probe
 
 
 class AutoPolicy:
@@ -41,6 +44,7 @@ class AutoPolicy:
         self._acceptance: deque[int] = deque(maxlen=config.window)  # tokens per verification cycle
         self._since_probe = 0  # low-acceptance decisions since the last probe
         self._probe_interval = config.probe_every
+        self._last_high_load: float | None = None  # monotonic time of the last queue_depth decision
 
     @property
     def rolling_acceptance(self) -> float | None:
@@ -49,11 +53,18 @@ class AutoPolicy:
             return None
         return sum(self._acceptance) / len(self._acceptance)
 
-    def decide(self, load: int) -> AutoDecision:
-        """The mode for auto requests in the batch being formed while ``load`` requests wait."""
+    def decide(self, load: int, now: float | None = None) -> AutoDecision:
+        """The mode for auto requests in the batch being formed while ``load`` requests wait.
+
+        ``now``: a ``time.monotonic()`` reading (injectable for tests).
+        """
         cfg = self.config
+        now = time.monotonic() if now is None else now
         if load > cfg.max_load_for_spec:
+            self._last_high_load = now
             return AutoDecision("ar", "queue_depth")
+        if self._last_high_load is not None and now - self._last_high_load < cfg.load_cooldown:
+            return AutoDecision("ar", "recent_load")
         acceptance = self.rolling_acceptance
         if acceptance is not None and acceptance < cfg.acceptance_floor:
             self._since_probe += 1

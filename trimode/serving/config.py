@@ -27,6 +27,10 @@ class AutoModeConfig:
     """Speculate only while at most this many requests wait to be scheduled (the batch being formed
     included). Batched AR amortises each forward over many rows, which speculation cannot do as
     well, so deeper queues run AR."""
+    load_cooldown: float = 2.0
+    """Seconds after load last exceeded ``max_load_for_spec`` during which auto stays on AR. The
+    first request of a burst sees a short queue; a speculative batch started then would hold the
+    rest of the burst behind it (batches run to completion), so auto remembers recent load."""
     acceptance_floor: float = 2.0
     """Mean tokens per verification cycle (bonus token included) below which auto falls back to AR.
     Linear speculation spends 2 forwards per cycle, so below 2.0 it does worse than AR per forward."""
@@ -50,6 +54,9 @@ class AutoModeConfig:
                 or self.max_load_for_spec < 0:
             raise ValueError(f"auto max_load_for_spec={self.max_load_for_spec!r} must be an integer >= 0 "
                              "(0 = never speculate because of load)")
+        if isinstance(self.load_cooldown, bool) or not isinstance(self.load_cooldown, (int, float)) \
+                or not self.load_cooldown >= 0:
+            raise ValueError(f"auto load_cooldown={self.load_cooldown!r} must be a number of seconds >= 0")
         if not isinstance(self.acceptance_floor, (int, float)) or not self.acceptance_floor >= 0:
             raise ValueError(f"auto acceptance_floor={self.acceptance_floor!r} must be a number >= 0")
         if self.max_probe_every < self.probe_every:
