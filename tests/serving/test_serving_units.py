@@ -85,6 +85,9 @@ def test_auto_remembers_recent_load_for_the_cooldown():
     decision = policy.decide(load=1, now=102.5)
     assert (decision.mode, decision.reason) == ("ar", "recent_load")
     assert policy.decide(load=1, now=103.1).reason == "low_load"  # cooldown over: speculate again
+    # Load of requests in other modes counts too (the scheduler reports every batch formation).
+    policy.observe_load(7, now=200.0)
+    assert policy.decide(load=1, now=201.0).reason == "recent_load"
     no_memory = AutoPolicy(AutoModeConfig(load_cooldown=0.0))
     no_memory.decide(load=5, now=0.0)
     assert no_memory.decide(load=1, now=0.0).reason == "low_load"

@@ -53,6 +53,11 @@ class AutoPolicy:
             return None
         return sum(self._acceptance) / len(self._acceptance)
 
+    def observe_load(self, load: int, now: float | None = None) -> None:
+        """Record the queue depth at a batch formation (every batch, auto or not: load is global)."""
+        if load > self.config.max_load_for_spec:
+            self._last_high_load = time.monotonic() if now is None else now
+
     def decide(self, load: int, now: float | None = None) -> AutoDecision:
         """The mode for auto requests in the batch being formed while ``load`` requests wait.
 
@@ -60,8 +65,8 @@ class AutoPolicy:
         """
         cfg = self.config
         now = time.monotonic() if now is None else now
+        self.observe_load(load, now)
         if load > cfg.max_load_for_spec:
-            self._last_high_load = now
             return AutoDecision("ar", "queue_depth")
         if self._last_high_load is not None and now - self._last_high_load < cfg.load_cooldown:
             return AutoDecision("ar", "recent_load")

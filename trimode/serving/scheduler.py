@@ -250,6 +250,8 @@ class Scheduler:
             decision = None
             if any(job.params.mode == "auto" for job in self._waiting):
                 decision = self.policy.decide(load=len(self._waiting))
+            else:
+                self.policy.observe_load(len(self._waiting))  # traffic of any mode counts as load
 
             def resolved(job: Job) -> str:
                 return decision.mode if job.params.mode == "auto" else job.params.mode
