@@ -108,8 +108,12 @@ def accepting_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tiny_model_dir):
-    """The shared server: default mode auto, small limits so every request is quick."""
-    live = start_server(tiny_model_dir)
+    """The shared server: default mode auto, small limits so every request is quick. No load
+    cooldown: tests share it one after another, and a concurrency test must not change which
+    rule a later auto test sees (the cooldown has its own unit test)."""
+    from trimode.serving.config import AutoModeConfig
+
+    live = start_server(tiny_model_dir, auto=AutoModeConfig(load_cooldown=0.0))
     yield live
     live.stop()
 
