@@ -69,8 +69,8 @@ class StubModel(nn.Module):
             position_ids = (cache.lengths[:, None] if cache is not None else 0) + torch.arange(Q)[None]
         is_mask = input_ids == self.config.mask_token_id
         target = torch.where(is_mask, truth(position_ids, V), truth(position_ids + 1, V))
-        if self.drafts == "wrong":
-            target = torch.where(is_mask, 4 + (target - 4 + 1) % (V - 4), target)
+        wrong = self.wrong_drafts(position_ids, is_mask)
+        target = torch.where(wrong, 4 + (target - 4 + 1) % (V - 4), target)
         logits = torch.full((B, Q, V), -20.0)
         logits.scatter_(-1, target[..., None], 20.0)
         if self.drafts == "unsure":
@@ -84,6 +84,10 @@ class StubModel(nn.Module):
         elif logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return TrimodeOutput(logits=logits)
+
+    def wrong_drafts(self, position_ids: torch.Tensor, is_mask: torch.Tensor) -> torch.Tensor:
+        """Which mask queries predict a wrong token (override for other acceptance patterns)."""
+        return is_mask if self.drafts == "wrong" else torch.zeros_like(is_mask)
 
 
 class StubHost(DecodingMixin):
