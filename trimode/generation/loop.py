@@ -166,7 +166,12 @@ class Runner:
         self.stats.emit_times.append((time.perf_counter() - self._started, emitted))
 
     def freeze_finished(self) -> None:
-        """Finished rows keep the cache length they had when they finished (no overflow)."""
+        """Finished rows stop growing their cache, so the batch never overflows it.
+
+        A row that finished this cycle may have committed more accepted drafts than it could
+        emit (its limit cut them); its cache is no longer read, so it is frozen at no more than
+        prompt + generated tokens. Active rows never exceed that: they commit only emitted tokens.
+        """
         if self.cache is None:
             return
         lengths = self.cache.lengths.clone()
@@ -174,7 +179,7 @@ class Runner:
         for b in range(self.batch):
             if self.done[b]:
                 if self.frozen_lengths[b] is None:
-                    self.frozen_lengths[b] = int(lengths[b])
+                    self.frozen_lengths[b] = min(int(lengths[b]), len(self.prompts[b]) + len(self.generated[b]))
                 if int(lengths[b]) != self.frozen_lengths[b]:
                     lengths[b] = self.frozen_lengths[b]
                     changed = True

@@ -85,11 +85,7 @@ class BlockDiffusion:
         drafts = [block[b, 1:].tolist() for b in range(run.batch)]
         if any(not run.done[b] and _needs_seed(drafts[b], run.remaining(b), req.eos_token_ids)
                for b in range(run.batch)):
-            before = run.cache.lengths.clone()
             logits = run.forward(block, keep=1)  # causal write of the finished block, (B, 1, V)
-            # As in the speculative modes: a row never caches more than it may still emit.
-            run.cache.crop(before + torch.tensor([min(n, max(run.remaining(b), 0)) for b in range(run.batch)],
-                                                 device=before.device))
             seeds, _ = run.choose(logits[:, 0])
             per_row = [d + [s] for d, s in zip(drafts, seeds.tolist())]
         else:  # every row ends inside this block: storing it would be a wasted forward
@@ -164,9 +160,7 @@ class LinearSpeculation:
             k, token = speculative_accept(drafts[b].tolist(), None if q is None else q[b], p[b],
                                           run.request.sampling, run.request.generator)
             per_row.append(drafts[b, :k].tolist() + [token])
-            # The pending token and the accepted drafts stay cached, but never more than the row
-            # may still emit: a row at its limit must not grow its cache past prompt + max_new.
-            keep[b] += min(1 + k, run.remaining(b))
+            keep[b] += 1 + k  # the pending token and the accepted drafts stay cached
         run.cache.crop(keep)
         run.emit(per_row, drafted=n - 1)
 
@@ -226,7 +220,7 @@ class QuadraticSpeculation:
             k, token = speculative_accept(drafts[b].tolist(), q[b], p[b], run.request.sampling,
                                           run.request.generator)
             per_row.append(drafts[b, :k].tolist() + [token])
-            commit[b] = min(k + 1, run.remaining(b))  # d_0 .. d_k keys are exact and in place
+            commit[b] = k + 1  # d_0 .. d_k keys are exact (causal) and already in place
             new_drafts[b], new_probs[b] = group_tokens[b, k, 1:], group_probs[b, k, 1:]
         run.cache.advance(commit)
         self.drafts, self.draft_probs = new_drafts, new_probs
