@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model models/trimode-tiny from scratch (about an hour on 2 CPU cores):
+# Reproduce the shipped model models/trimode-tiny from scratch (about 1.5 hours on 2 CPU cores):
 #   bash scripts/train_trimode_tiny.sh [RUN_DIR]
 # Stages: ar -> joint -> sft -> drafter (preset "tiny"), each on 2 processes x 1 thread (torchrun, gloo).
 # Re-running resumes: finished stages are skipped, an interrupted stage continues from its last checkpoint.

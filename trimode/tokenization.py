@@ -7,7 +7,7 @@ as a `transformers` fast tokenizer so that `save_pretrained` /
 Design choices:
 
 * Byte-level BPE (ByteLevel pre-tokenizer + decoder, no normalizer, no prefix
-  space): every string, including tabs, CRLF and arbitrary unicode, encodes and
+  space), with every digit its own pre-token (no merges across digits): every string, including tabs, CRLF and arbitrary unicode, encodes and
   decodes back to exactly itself. All 256 byte symbols are seeded into the
   vocabulary so unseen bytes never become unknown tokens.
 * The seven special tokens occupy ids 0..6 in a fixed order (see
@@ -88,8 +88,14 @@ def train_tokenizer(
         raise ValueError(f"min_frequency={min_frequency} must be >= 1")
 
     tok = Tokenizer(models.BPE())
-    # add_prefix_space=False: a leading space would break exact round-trips.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Digits are split one by one before the byte-level split: merged digit runs ('85', '864')
+    # would make the same number tokenize differently in different places, which makes
+    # arithmetic much harder to learn. add_prefix_space=False: a leading space would break
+    # exact round-trips.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -85,6 +85,11 @@ def test_answers_are_correct():
         elif t.family == "count":
             word = t.prompt.split("occurs in ")[1].split(".")[0]
             assert t.answer == ", ".join(f"{c}={word.count(c)}" for c in sorted(set(word)))
+        elif t.family == "enumerate":
+            items = t.prompt.split(": ", 1)[1].split(", ")
+            start = _ints(t.prompt.split(":")[0])[0] if "starting at" in t.prompt else 1
+            assert t.answer.split("\n") == [f"{start + i}. {x}" for i, x in enumerate(items)]
+            assert 10 <= len(items) <= 20
         else:
             raise AssertionError(t.family)
 
@@ -104,15 +109,16 @@ def test_splits_disjoint_and_consistent():
 
 
 def test_deterministic_and_balanced():
-    a = generate_tasks("train", 60, seed=7)
-    assert a == generate_tasks("train", 60, seed=7)
-    assert a != generate_tasks("train", 60, seed=8)
+    n = 10 * len(FAMS_ORDER)
+    a = generate_tasks("train", n, seed=7)
+    assert a == generate_tasks("train", n, seed=7)
+    assert a != generate_tasks("train", n, seed=8)
     assert [t.family for t in a] == FAMS_ORDER * 10
     # a family's tasks do not depend on which other families are mixed in
     only_add = generate_tasks("train", 10, seed=7, families=["add"])
     assert only_add == [t for t in a if t.family == "add"]
     it = iter_tasks("train", seed=7)
-    assert [next(it) for _ in range(60)] == a
+    assert [next(it) for _ in range(n)] == a
 
 
 

@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="6 tasks, short outputs: a smoke run in seconds")
     p.add_argument("--n-tasks", type=positive_int, default=None, help="held-out tasks (default 48)")
     p.add_argument("--families", type=comma_list(str), default=None,
-                   help="comma list of task families (default: all)")
+                   help="comma list of task families (default: the model's training families, else all)")
     p.add_argument("--modes", type=comma_list(str, MODE_CHOICES), default=None,
                    help="comma list of modes (default: all four; AR always runs)")
     p.add_argument("--block-length", type=positive_int, default=None, help="block length (default: config)")

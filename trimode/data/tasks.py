@@ -15,6 +15,8 @@ Families (all generated from seeded pseudo-random data, no external files):
                    remove duplicates keeping first occurrences.
 * ``json``      -- build a JSON object from ``key=value`` pairs (``json.dumps``).
 * ``count``     -- count letters of a string, reported alphabetically.
+* ``enumerate`` -- number the items of a list of 10-20 words or numbers, one per
+                   line (``1. first``), from 1 or from a given start.
 
 Design choices:
 
@@ -178,6 +180,15 @@ def _gen_count(rng: random.Random) -> tuple[str, str]:
     return prompt, ", ".join(f"{c}={k}" for c, k in counts.items())
 
 
+def _gen_enumerate(rng: random.Random) -> tuple[str, str]:
+    n = rng.randint(10, 20)  # 20 items keep prompt + answer within a 256-token training sequence
+    items = [rng.randint(0, 999) for _ in range(n)] if rng.random() < 0.3 else [_word(rng) for _ in range(n)]
+    start = 1 if rng.random() < 0.5 else rng.randint(2, 50)
+    where = "" if start == 1 else f", starting at {start}"
+    prompt = f"Number these items one per line{where}: {_join(items)}"
+    return prompt, "\n".join(f"{start + i}. {x}" for i, x in enumerate(items))
+
+
 FAMILIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "add": _gen_add,
     "mul": _gen_mul,
@@ -185,6 +196,7 @@ FAMILIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "transform": _gen_transform,
     "json": _gen_json,
     "count": _gen_count,
+    "enumerate": _gen_enumerate,
 }
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 from .environment import environment
 from .metrics import RunRecord, identical_share, summarize, timed_decode
-from .prompts import task_prompt_set
+from .prompts import task_prompt_set, trained_families
 
 MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
 
@@ -44,7 +44,7 @@ class EvalConfig:
     seed: int = 0
     """Seed of the task generator."""
     families: list[str] | None = None
-    """Task families (None: all)."""
+    """Task families (None: those the model was trained on, else all)."""
     modes: list[str] = field(default_factory=lambda: list(MODES))
     """Decoding modes to evaluate (AR always runs: it is the reference)."""
     block_length: int | None = None
@@ -131,7 +131,8 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
     """Run the evaluation; returns a JSON-ready result (see :func:`eval_markdown` for the table)."""
     config = (config or EvalConfig()).validate()
     started = time.perf_counter()
-    prompt_set = task_prompt_set(tokenizer, config.n_tasks, config.seed, config.families)
+    prompt_set = task_prompt_set(tokenizer, config.n_tasks, config.seed,
+                                 config.families or trained_families(model.config))
     tasks = prompt_set.tasks
     longest = max(len(p) for p in prompt_set.prompts)
     room = model.config.max_position_embeddings - longest

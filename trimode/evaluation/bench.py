@@ -40,7 +40,7 @@ from .accuracy import Setting, score_rows
 from .autotune import AutotuneConfig, auto_block_choice, calibrate, forward_costs
 from .environment import environment
 from .metrics import RunRecord, identical_share, ratio, summarize
-from .prompts import PROMPT_SETS, PromptSet, build_prompt_set
+from .prompts import PROMPT_SETS, PromptSet, build_prompt_set, trained_families
 from .sol import speed_of_light
 
 MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
@@ -219,7 +219,8 @@ def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
     if prompt_sets is None:
         if tokenizer is None:
             raise ValueError("run_bench needs a tokenizer to build the named prompt sets, or prompt_sets=")
-        prompt_sets = [build_prompt_set(name, tokenizer, config.n_prompts, config.seed, config.code_prompt_tokens)
+        prompt_sets = [build_prompt_set(name, tokenizer, config.n_prompts, config.seed, config.code_prompt_tokens,
+                                        trained_families(model.config))
                        for name in config.prompt_sets]
     sets = prompt_sets
     if not sets or any(not s.prompts for s in sets):

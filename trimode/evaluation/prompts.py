@@ -62,6 +62,15 @@ class PromptSet:
                          None if self.tasks is None else self.tasks[:n], self.description, dict(self.meta))
 
 
+def trained_families(model_config) -> list[str] | None:
+    """The task families a model was trained on (``config.task_families``, written by
+    ``trimode train``), so held-out tasks are drawn from those; None (all) if unknown."""
+    from ..data.tasks import FAMILIES
+
+    fams = [f for f in (getattr(model_config, "task_families", None) or []) if f in FAMILIES]
+    return fams or None
+
+
 def task_prompt_set(tokenizer, n: int, seed: int = 0, families: list[str] | None = None) -> PromptSet:
     """``n`` held-out tasks (families round-robin), chat-rendered and encoded."""
     from ..data.tasks import format_prompt, generate_tasks

@@ -110,6 +110,8 @@ class TrainConfig:
     task_fraction: float = _f(0.3, "ar/joint: share of training tokens from task text (the rest: stdlib code)")
     task_families: list[str] = _f([], "task families to use (empty: all)")
     n_tasks: int = _f(20000, "sft: distinct training tasks per epoch")
+    code_replay: float = _f(0.0, "sft: share of sequences that are stdlib code (loss on all tokens), so code "
+                            "is not forgotten")
     max_files: int | None = _f(None, "ar/joint/drafter: use only the first N stdlib files (none: all)")
     tokenizer_max_files: int | None = _f(None, "files used to train the tokenizer (none: all train files)")
     tokenizer_tasks: int = _f(2000, "task texts added to the tokenizer's training text")
@@ -142,6 +144,7 @@ class TrainConfig:
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         for name in ("warmup_frac", "decay_frac", "task_fraction"):
             need(0 <= getattr(self, name) <= 1, f"{name}={getattr(self, name)} must be in [0, 1]")
+        need(0 <= self.code_replay < 1, f"code_replay={self.code_replay} must be in [0, 1)")
         need(self.warmup_frac + self.decay_frac <= 1,
              f"warmup_frac + decay_frac = {self.warmup_frac + self.decay_frac} must be <= 1")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"betas ({self.beta1}, {self.beta2}) must be in [0, 1)")
@@ -199,21 +202,22 @@ class TrainConfig:
 def tiny(stage: str = "ar") -> TrainConfig:
     """The shipped model, trimode-tiny: 4 x 256, vocab 2048, seq 256, block 16.
 
-    Sized so the whole recipe (scripts/train_trimode_tiny.sh) runs in about an hour on
+    Sized so the whole recipe (scripts/train_trimode_tiny.sh) runs in about 1.5 hours on
     2 CPU cores; see models/trimode-tiny/README.md for what it reaches.
     """
     per_stage = {
-        "ar": dict(steps=200, lr=2e-3),
-        "joint": dict(steps=100, lr=1e-3, block_sizes=[4, 8, 16]),
-        "sft": dict(steps=220, lr=1e-3, block_sizes=[4, 8, 16]),
-        "drafter": dict(steps=120, lr=1e-3, micro_batch=16),
+        "ar": dict(steps=700, lr=2e-3),
+        "joint": dict(steps=250, lr=1e-3, block_sizes=[4, 8, 16]),
+        "sft": dict(steps=450, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25),
+        "drafter": dict(steps=200, lr=1e-3, micro_batch=16),
     }
     return TrainConfig(
         stage=stage,
         model=ModelSpec(vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, block_size=16),
         drafter=DrafterConfig(n_prompts=512, n_eval_prompts=32, gen_tokens=96, gen_batch=32),
-        task_families=["add", "transform", "json"], eval_interval=50, checkpoint_interval=25, log_interval=5,
+        task_families=["add", "json", "enumerate"], task_fraction=0.5, n_tasks=40000,
+        eval_interval=100, checkpoint_interval=25, log_interval=5,
         **per_stage[_check_stage(stage)],
     )
 

@@ -6,7 +6,7 @@
   packed into ``(seq_len,)`` chunks with EOS between documents. One epoch = one pass over
   the code corpus.
 - ``sft``: :func:`sft_sequences`: task ``(prompt, response)`` pairs, packed with a loss
-  mask on the response tokens only.
+  mask on the response tokens only, plus a ``code_replay`` share of code sequences.
 - The batcher yields *global* batches (``micro_batch * grad_accum * world_size`` samples);
   each process slices its own rows (:func:`local_rows`), so the sample order is the same
   for any number of processes.
@@ -91,12 +91,32 @@ def pretraining_sequences(tokenizer, cfg: TrainConfig, split: str = "train") -> 
         yield {"input_ids": chunk}
 
 
+def code_sequences(tokenizer, cfg: TrainConfig, split: str) -> Iterator[torch.LongTensor]:
+    """Stdlib code files packed into ``(seq_len,)`` chunks (the held-out split is read whole)."""
+    max_files = cfg.max_files if split == "train" else None
+    docs = (encode_code(tokenizer, text) for text in CodeCorpus(split, max_files=max_files).texts())
+    return pack_documents(docs, cfg.seq_len, tokenizer.eos_token_id)
+
+
 def sft_sequences(tokenizer, cfg: TrainConfig, split: str = "train",
                   n_tasks: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Packed task examples (loss on responses), with ``code_replay`` of the sequences being
+    code (loss on every token) so that SFT does not erase what pretraining learned."""
     tasks = itertools.islice(iter_tasks(split, cfg.seed, families(cfg)), n_tasks or cfg.n_tasks)
     examples = (sft_example(t, tokenizer) for t in tasks)
+    code = code_sequences(tokenizer, cfg, split) if cfg.code_replay > 0 else iter(())
+    n_task = n_code = 0
     for ids, mask in pack_sft_examples(examples, cfg.seq_len, pad_id(tokenizer), tokenizer.eos_token_id):
         yield {"input_ids": ids, "loss_mask": mask}
+        n_task += 1
+        # Top up with code until it holds its share of the sequences emitted so far
+        # (code_replay < 1 is validated, so this ends; an exhausted corpus ends replay).
+        while n_code < cfg.code_replay * (n_task + n_code):
+            chunk = next(code, None)
+            if chunk is None:
+                break
+            yield {"input_ids": chunk, "loss_mask": torch.ones_like(chunk)}
+            n_code += 1
 
 
 def global_batch_size(cfg: TrainConfig, world_size: int) -> int:

@@ -194,6 +194,12 @@ def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None =
     info = {"tokenizer": tok_source, "model": model_source}
     G = global_batch_size(cfg, dist.world_size)
 
+    if cfg.stage != "drafter":
+        # Recorded in config.json so `trimode eval` / `bench` draw held-out tasks of these families.
+        from ..data.tasks import FAMILIES
+
+        model.config.task_families = list(cfg.task_families or FAMILIES)
+
     def export_full(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         with quiet_transformers():
