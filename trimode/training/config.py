@@ -206,10 +206,10 @@ def tiny(stage: str = "ar") -> TrainConfig:
     2 CPU cores; see models/trimode-tiny/README.md for what it reaches.
     """
     per_stage = {
-        "ar": dict(steps=700, lr=2e-3),
-        "joint": dict(steps=250, lr=1e-3, block_sizes=[4, 8, 16]),
-        "sft": dict(steps=450, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25),
-        "drafter": dict(steps=200, lr=1e-3, micro_batch=16),
+        "ar": dict(steps=1000, lr=2e-3),
+        "joint": dict(steps=350, lr=1e-3, block_sizes=[4, 8, 16]),
+        "sft": dict(steps=700, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25),
+        "drafter": dict(steps=250, lr=1e-3, micro_batch=16),
     }
     return TrainConfig(
         stage=stage,
