@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -197,10 +198,47 @@ def test_batch_keys():
     assert batch_key("ar", job(temperature=0.0, seed=1)) == batch_key("ar", job(seed=2))
 
 
+class _ConfigOnly:
+    """What Scheduler needs of a model before its worker starts: the config's EOS ids."""
+
+    class config:
+        eos_token_ids = [2]
+
+
+def _formation(refill_wait: float, last_batch: int, late_jobs: int) -> tuple[int, float]:
+    """Form one batch with 1 job waiting and ``late_jobs`` more arriving 50 ms later; (size, seconds)."""
+    from trimode.serving.metrics import Metrics
+    from trimode.serving.scheduler import Scheduler
+
+    sched = Scheduler(_ConfigOnly(), ServerConfig(refill_wait=refill_wait).validate(), Metrics())
+    sched._last_batch_size = last_batch
+    sched.submit([job()])
+    late = threading.Timer(0.05, lambda: sched.submit([job() for _ in range(late_jobs)]))
+    late.start()
+    start = time.monotonic()
+    batch = sched._next_batch()
+    took = time.monotonic() - start
+    late.join()
+    return len(batch), took
+
+
+def test_refill_wait_lets_returning_clients_share_the_batch():
+    # after a batch of 4, the worker waits for 4 jobs (not for the whole 5 s) ...
+    size, took = _formation(refill_wait=5.0, last_batch=4, late_jobs=3)
+    assert size == 4 and took < 4.0
+    # ... and never when the last batch was a single row (a lone client is served at once)
+    size, took = _formation(refill_wait=5.0, last_batch=1, late_jobs=3)
+    assert size == 1 and took < 0.05
+    # refill_wait=0 is the old behaviour: whatever waits right now
+    size, _ = _formation(refill_wait=0.0, last_batch=4, late_jobs=3)
+    assert size == 1
+
+
 # ---------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(mode="fast"), "mode='fast'"), (dict(port=70000), "port=70000"), (dict(max_batch_size=0), "max_batch_size"),
     (dict(threshold=1.5), "threshold=1.5"), (dict(request_timeout=0), "request_timeout"),
+    (dict(refill_wait=-1), "refill_wait=-1"),
     (dict(block_length=100, max_block_length=64), "block_length=100"),
     (dict(auto=AutoModeConfig(spec_mode="ar")), "spec_mode='ar'"),
     (dict(auto=AutoModeConfig(window=4, min_samples=8)), "min_samples=8"),
@@ -213,11 +251,12 @@ def test_config_errors_name_the_field(kwargs, needle):
 def test_cli_flags_map_onto_the_config():
     args = build_parser().parse_args(["serve", "--model", "/m", "--mode", "ar", "--port", "0", "--threshold", "none",
                                       "--max-batch-size", "4", "--auto-max-load", "0", "--auto-spec-mode",
-                                      "quadratic-spec"])
+                                      "quadratic-spec", "--refill-wait", "0.02"])
     config = config_from_args(args)
     assert (config.model, config.mode, config.port, config.threshold, config.max_batch_size) == \
         ("/m", "ar", 0, None, 4)
     assert (config.auto.max_load_for_spec, config.auto.spec_mode) == (0, "quadratic-spec")
+    assert config.refill_wait == 0.02
     assert config_from_args(build_parser().parse_args(["serve"])).threshold == "model"
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from trimode.cli import main
-from trimode.data.tasks import format_prompt, generate_tasks
+from trimode.data.tasks import FAMILIES, format_prompt, generate_tasks
+from trimode.evaluation.prompts import trained_families
 from trimode.loading import DRAFTER_SUBFOLDER, load
 from trimode.training import preset_config
 
@@ -70,6 +71,8 @@ def test_debug_pipeline_end_to_end(tmp_path, capsys):
     out, nfe = model.generate(prompts, **kw)
     assert out.shape[1] == ref.shape[1] and 0 < nfe <= 24 + 1
     assert load(dirs["sft"]).has_drafter is False
+    # The families trained on are recorded, so eval / bench draw held-out tasks from them.
+    assert trained_families(model.config) == list(FAMILIES)
 
     # Reported, not asserted (the speed-up is measured on the real model): TPF with vs without the adapter.
     base = load(dirs["final"], drafter=False).model

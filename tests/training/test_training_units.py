@@ -173,3 +173,23 @@ def test_batched_draft_forward_equals_inference_draft():
         mask[start:, start:] = True
         leaky = model(seq, attention_mask=mask, use_drafter=True).logits[0, start:]
         assert (leaky - logits[i, :B]).abs().max().item() > 1e-3
+
+
+# ------------------------------------------------------------------ data
+def test_sft_code_replay_share(tokenizer_dir):
+    """code_replay of the SFT sequences are code with the loss on every token; the rest are tasks."""
+    from transformers import AutoTokenizer
+
+    from trimode.training.data import sft_sequences
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for replay in (0.0, 0.25, 0.5):
+        cfg = debug_config("sft", code_replay=replay)
+        seqs = list(sft_sequences(tok, cfg))
+        code = [s for s in seqs if bool(s["loss_mask"].all())]
+        tasks = [s for s in seqs if not s["loss_mask"].all()]
+        assert tasks and all(s["input_ids"].shape == (cfg.seq_len,) for s in seqs)
+        # task sequences keep the loss off their prompts; the share is exact up to one sequence
+        assert abs(len(code) - replay * len(seqs)) <= 1, (replay, len(code), len(seqs))
+    with pytest.raises(ValueError, match="code_replay=1.0 must be in \\[0, 1\\)"):
+        debug_config("sft", code_replay=1.0).validate()

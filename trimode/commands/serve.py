@@ -42,6 +42,9 @@ def register(sub) -> None:
                    help="most waiting requests before answering 429 (default: %(default)s)")
     p.add_argument("--batch-wait", type=non_negative_float, default=d.batch_wait,
                    help="seconds to wait for more requests before a batch starts (default: %(default)s)")
+    p.add_argument("--refill-wait", type=non_negative_float, default=d.refill_wait,
+                   help="seconds to wait after a batch of n rows for n requests to be waiting again, "
+                        "so returning clients share one batch (default: %(default)s)")
     p.add_argument("--timeout", type=non_negative_float, default=d.request_timeout,
                    help="per-request timeout in seconds, queueing included (default: %(default)s)")
     p.add_argument("--max-tokens-limit", type=positive_int, default=d.max_tokens_limit,
@@ -90,7 +93,7 @@ def config_from_args(args: argparse.Namespace):
                           max_probe_every=max(AutoModeConfig.max_probe_every, args.auto_probe_every))
     return ServerConfig(model=args.model, mode=args.mode, host=args.host, port=args.port,
                         served_model_name=args.served_model_name, max_batch_size=args.max_batch_size,
-                        max_queue=args.max_queue, batch_wait=args.batch_wait, request_timeout=args.timeout,
+                        max_queue=args.max_queue, batch_wait=args.batch_wait, refill_wait=args.refill_wait, request_timeout=args.timeout,
                         max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
                         block_length=args.block_length, max_block_length=args.max_block_length,
                         threshold=getattr(args, "threshold", d.threshold), num_threads=args.threads, seed=args.seed,

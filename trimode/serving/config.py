@@ -83,7 +83,12 @@ class ServerConfig:
     max_queue: int = 64
     """Most requests waiting to be scheduled; one more is answered 429 with Retry-After."""
     batch_wait: float = 0.0
-    """Seconds the worker waits, once it has work, for more requests to join the batch."""
+    """Seconds the worker waits, once it has work, for more requests to join the batch (it starts
+    earlier if ``max_batch_size`` are waiting)."""
+    refill_wait: float = 0.01
+    """Seconds the worker waits after a batch of n rows, while fewer than n requests are waiting,
+    for the follow-up requests of the clients it just answered (it starts as soon as n wait).
+    Without it a closed loop of clients splits into one tiny batch and one large one."""
     request_timeout: float = 300.0
     """Seconds a request may take from arrival to its last token (queueing included)."""
     max_tokens_limit: int = 2048
@@ -119,7 +124,7 @@ class ServerConfig:
                                  f"{self.max_block_length}")
         if self.num_threads is not None:
             _positive_int("num_threads", self.num_threads)
-        for name in ("batch_wait", "request_timeout"):
+        for name in ("batch_wait", "refill_wait", "request_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}={value!r} must be a number of seconds >= 0")

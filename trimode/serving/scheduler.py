@@ -5,6 +5,11 @@ FIFO queue (:meth:`Scheduler.submit` raises :class:`Overloaded` when it is
 full). One worker thread runs torch, because forwards block and the model is
 not meant to be driven from two threads. Whenever it is free it forms a batch:
 
+- it first holds the batch open briefly: ``batch_wait`` for requests arriving
+  together, and ``refill_wait`` after a batch of n rows while fewer than n
+  jobs wait (the clients just answered send their next requests within
+  milliseconds; starting at once would split them into a tiny batch and a
+  large one that waits a whole batch behind it);
 - the oldest waiting job decides the batch's *key*; every waiting job with
   the same key joins, oldest first, up to ``max_batch_size`` (dynamic
   batching: whatever is waiting when the worker becomes free);
@@ -155,6 +160,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._rng = torch.Generator().manual_seed(config.seed)
         self._batch_seconds = 1.0  # running mean of a batch's wall time, for Retry-After
+        self._last_batch_size = 0  # rows of the batch that finished last (refill_wait's target)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -230,6 +236,7 @@ class Scheduler:
             finally:
                 self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.monotonic() - start)
                 with self._cond:
+                    self._last_batch_size = len(batch)
                     self._running = 0
                     self.metrics.running.set(0)
 
@@ -239,9 +246,7 @@ class Scheduler:
                 self._cond.wait()
             if self._stopping:
                 return None
-        if self.config.batch_wait > 0:  # let requests arriving together share the batch
-            time.sleep(self.config.batch_wait)
-        with self._cond:
+            self._hold_open()
             if self._stopping or self._paused:
                 return []
             self._drop_finished()
@@ -270,6 +275,18 @@ class Scheduler:
             self.metrics.queue_depth.set(len(self._waiting))
             self.metrics.running.set(len(batch))
             return batch
+
+    def _hold_open(self) -> None:
+        """Wait (lock held, released while waiting) for more jobs to join: see the module docstring."""
+        wait, target = self.config.batch_wait, self.config.max_batch_size
+        if len(self._waiting) < self._last_batch_size and self.config.refill_wait > wait:
+            wait, target = self.config.refill_wait, self._last_batch_size
+        deadline = time.monotonic() + wait
+        while not self._stopping and not self._paused and len(self._waiting) < target:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _drop_finished(self) -> None:
         """Jobs whose client left or whose deadline passed while queued never reach the model."""

@@ -227,7 +227,7 @@ def debug(stage: str = "ar") -> TrainConfig:
     per_stage = {
         "ar": dict(steps=30, lr=3e-3),
         "joint": dict(steps=20, lr=2e-3, block_sizes=[4, 8]),
-        "sft": dict(steps=20, lr=1e-3),
+        "sft": dict(steps=20, lr=1e-3, code_replay=0.25),
         "drafter": dict(steps=20, lr=3e-3),
     }
     return TrainConfig(
