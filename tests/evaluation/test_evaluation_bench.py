@@ -82,7 +82,8 @@ def test_bench_quick_end_to_end(model_dir, tmp_path, capsys):
 
 def test_eval_quick_end_to_end(model_dir, tmp_path):
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(model_dir), "--quick", "--out", str(out), "--thresholds", "0.5,none"]
+    argv = ["eval", "--model", str(model_dir), "--quick", "--out", str(out), "--thresholds", "0.5,none",
+            "--no-drafter"]
     assert main(argv) == 0
     result = json.loads((out / "eval.json").read_text())
     labels = [r["setting"] for r in result["rows"]]

@@ -185,11 +185,11 @@ def eval_markdown(result: dict) -> str:
     rows = result["rows"]
     lines = [f"Tasks: {result['prompt_set']}; greedy; max_new_tokens {result['max_new_tokens']}; "
              f"exact-match scoring." + (f" Note: {result['note']}." if result.get("note") else ""), "",
-             "| setting | accuracy | correct | identical to AR greedy | mean acceptance |",
-             "|---|---|---|---|---|"]
+             "| setting | accuracy | correct | identical to AR greedy | TPF | mean acceptance |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['accuracy']:.1%} | {r['correct']}/{r['n']} | "
-                     f"{r['identical_to_ar']:.1%} | {r['mean_acceptance']:.2f} |")
+                     f"{r['identical_to_ar']:.1%} | {r['tpf']:.2f} | {r['mean_acceptance']:.2f} |")
     families = list(rows[0]["family_accuracy"])
     lines += ["", "Accuracy per task family:", "",
               "| setting | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
@@ -197,6 +197,7 @@ def eval_markdown(result: dict) -> str:
         lines.append(f"| {r['setting']} | " + " | ".join(f"{r['family_accuracy'][f]:.0%}" for f in families) + " |")
     lines += ["", "Identical to AR greedy: share of outputs token-identical to AR's. The speculative modes are "
               "lossless, so anything below 100% for them is a bug; for block diffusion it measures drift. Mean "
-              "acceptance: tokens per cycle and row. Speed is measured by `trimode bench`, not here (eval runs "
-              f"batches of {result['config']['batch_size']})."]
+              "acceptance: tokens per cycle and row. TPF: generated tokens / forwards of the batched calls (batch "
+              f"{result['config']['batch_size']}; with --batch-size 1 it is the per-sequence TPF). Wall-clock speed "
+              "is measured by `trimode bench`, not here."]
     return "\n".join(lines)

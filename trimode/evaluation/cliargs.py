@@ -26,6 +26,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="output directory (default: benchmarks/reports/<model-name>/)")
     p.add_argument("--seed", type=int, default=None, help="seed of the prompt sets (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--no-drafter", action="store_true",
+                   help="leave the LoRA drafter (linear_spec_lora/) unloaded: linear-spec drafts with the base "
+                        "model, to measure what the drafter adds")
 
 
 def default_out_dir(model_name: str) -> Path:
@@ -42,7 +45,7 @@ def load_for_harness(args: argparse.Namespace, command: str):
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
-    loaded = load(args.model)
+    loaded = load(args.model, drafter=not getattr(args, "no_drafter", False))
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.path} has no tokenizer; `trimode {command}` needs one to build its prompts")
     return loaded
