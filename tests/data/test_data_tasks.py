@@ -85,6 +85,8 @@ def test_answers_are_correct():
         elif t.family == "count":
             word = t.prompt.split("occurs in ")[1].split(".")[0]
             assert t.answer == ", ".join(f"{c}={word.count(c)}" for c in sorted(set(word)))
+        elif t.family == "repeat":
+            assert t.answer == t.prompt.split(": ", 1)[1] and 10 <= len(t.answer.split(", ")) <= 20
         elif t.family == "enumerate":
             items = t.prompt.split(": ", 1)[1].split(", ")
             start = _ints(t.prompt.split(":")[0])[0] if "starting at" in t.prompt else 1

@@ -15,6 +15,9 @@ Families (all generated from seeded pseudo-random data, no external files):
                    remove duplicates keeping first occurrences.
 * ``json``      -- build a JSON object from ``key=value`` pairs (``json.dumps``).
 * ``count``     -- count letters of a string, reported alphabetically.
+* ``repeat``    -- repeat a list of 10-20 words or numbers exactly (pure copying:
+                   it teaches a small model the induction mechanism the other
+                   families build on).
 * ``enumerate`` -- number the items of a list of 10-20 words or numbers, one per
                    line (``1. first``), from 1 or from a given start.
 
@@ -180,9 +183,19 @@ def _gen_count(rng: random.Random) -> tuple[str, str]:
     return prompt, ", ".join(f"{c}={k}" for c, k in counts.items())
 
 
+def _list_items(rng: random.Random, n: int, numbers: float) -> list:
+    """``n`` integers 0-999 (with probability ``numbers``) or pseudo-words."""
+    return [rng.randint(0, 999) for _ in range(n)] if rng.random() < numbers else [_word(rng) for _ in range(n)]
+
+
+def _gen_repeat(rng: random.Random) -> tuple[str, str]:
+    items = _list_items(rng, rng.randint(10, 20), numbers=0.3)
+    return f"Repeat this list exactly: {_join(items)}", _join(items)
+
+
 def _gen_enumerate(rng: random.Random) -> tuple[str, str]:
-    n = rng.randint(10, 20)  # 20 items keep prompt + answer within a 256-token training sequence
-    items = [rng.randint(0, 999) for _ in range(n)] if rng.random() < 0.3 else [_word(rng) for _ in range(n)]
+    # 20 items keep prompt + answer within a 256-token training sequence
+    items = _list_items(rng, rng.randint(10, 20), numbers=0.3)
     start = 1 if rng.random() < 0.5 else rng.randint(2, 50)
     where = "" if start == 1 else f", starting at {start}"
     prompt = f"Number these items one per line{where}: {_join(items)}"
@@ -197,6 +210,7 @@ FAMILIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "json": _gen_json,
     "count": _gen_count,
     "enumerate": _gen_enumerate,
+    "repeat": _gen_repeat,
 }
 
 

@@ -199,6 +199,9 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- presets
+TINY_SFT_FAMILIES = ["add", "json", "enumerate", "repeat"]
+
+
 def tiny(stage: str = "ar") -> TrainConfig:
     """The shipped model, trimode-tiny: 4 x 256, vocab 2048, seq 256, block 16.
 
@@ -208,17 +211,18 @@ def tiny(stage: str = "ar") -> TrainConfig:
     per_stage = {
         "ar": dict(steps=1000, lr=2e-3),
         "joint": dict(steps=350, lr=1e-3, block_sizes=[4, 8, 16]),
-        "sft": dict(steps=700, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25),
-        "drafter": dict(steps=250, lr=1e-3, micro_batch=16),
+        # sft and drafter add `repeat` (pure copying): after ar + joint the model had learned the
+        # answer formats and the per-column arithmetic but not to copy from the prompt.
+        "sft": dict(steps=700, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25, task_families=TINY_SFT_FAMILIES),
+        "drafter": dict(steps=250, lr=1e-3, micro_batch=16, task_families=TINY_SFT_FAMILIES),
     }
     return TrainConfig(
         stage=stage,
         model=ModelSpec(vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, block_size=16),
         drafter=DrafterConfig(n_prompts=512, n_eval_prompts=32, gen_tokens=96, gen_batch=32),
-        task_families=["add", "json", "enumerate"], task_fraction=0.5, n_tasks=40000,
-        eval_interval=100, checkpoint_interval=25, log_interval=5,
-        **per_stage[_check_stage(stage)],
+        task_fraction=0.5, n_tasks=40000, eval_interval=100, checkpoint_interval=25, log_interval=5,
+        **{"task_families": ["add", "json", "enumerate"], **per_stage[_check_stage(stage)]},
     )
 
 
