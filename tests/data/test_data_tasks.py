@@ -119,6 +119,10 @@ def test_deterministic_and_balanced():
     # a family's tasks do not depend on which other families are mixed in
     only_add = generate_tasks("train", 10, seed=7, families=["add"])
     assert only_add == [t for t in a if t.family == "add"]
+    # a family listed twice gets two turns per round (a weighted mix)
+    weighted = generate_tasks("train", 12, seed=7, families=["add", "json", "json"])
+    assert [t.family for t in weighted] == ["add", "json", "json"] * 4
+    assert [t for t in weighted if t.family == "add"] == only_add[:4]
     it = iter_tasks("train", seed=7)
     assert [next(it) for _ in range(n)] == a
 

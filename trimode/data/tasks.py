@@ -26,7 +26,8 @@ Design choices:
 * Determinism: each family draws from its own ``random.Random(f"{seed}:{family}")``
   (never the global RNG), so a family's tasks do not change when other
   families are added to or removed from the mix. Families are interleaved
-  round-robin, giving balanced counts.
+  round-robin, giving balanced counts; a family listed k times gets k turns
+  per round (a weighted mix, e.g. more of an easy family early in training).
 * Splits never overlap: whether a task is train or held-out is a pure function
   of its canonical content, ``sha256(family, prompt)``, independent of the seed.
   Generating split S draws candidates and keeps only those hashing into S

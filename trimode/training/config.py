@@ -108,7 +108,7 @@ class TrainConfig:
     mask_eps: float = _f(1e-3, "minimum masking probability eps: p = (1 - eps) t + eps")
     # ---- data
     task_fraction: float = _f(0.3, "ar/joint: share of training tokens from task text (the rest: stdlib code)")
-    task_families: list[str] = _f([], "task families to use (empty: all)")
+    task_families: list[str] = _f([], "task families to use (empty: all); a family listed k times gets k shares")
     n_tasks: int = _f(20000, "sft: distinct training tasks per epoch")
     code_replay: float = _f(0.0, "sft: share of sequences that are stdlib code (loss on all tokens), so code "
                             "is not forgotten")
@@ -199,7 +199,8 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- presets
-TINY_SFT_FAMILIES = ["add", "json", "enumerate", "repeat"]
+# repeat x3: half of the SFT tasks are pure copying, so the copy mechanism forms within the stage.
+TINY_SFT_FAMILIES = ["add", "json", "enumerate", "repeat", "repeat", "repeat"]
 
 
 def tiny(stage: str = "ar") -> TrainConfig:
@@ -213,7 +214,7 @@ def tiny(stage: str = "ar") -> TrainConfig:
         "joint": dict(steps=350, lr=1e-3, block_sizes=[4, 8, 16]),
         # sft and drafter add `repeat` (pure copying): after ar + joint the model had learned the
         # answer formats and the per-column arithmetic but not to copy from the prompt.
-        "sft": dict(steps=700, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25, task_families=TINY_SFT_FAMILIES),
+        "sft": dict(steps=800, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25, task_families=TINY_SFT_FAMILIES),
         "drafter": dict(steps=250, lr=1e-3, micro_batch=16, task_families=TINY_SFT_FAMILIES),
     }
     return TrainConfig(

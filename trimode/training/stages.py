@@ -198,7 +198,7 @@ def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None =
         # Recorded in config.json so `trimode eval` / `bench` draw held-out tasks of these families.
         from ..data.tasks import FAMILIES
 
-        model.config.task_families = list(cfg.task_families or FAMILIES)
+        model.config.task_families = list(dict.fromkeys(cfg.task_families or FAMILIES))
 
     def export_full(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
