@@ -215,7 +215,7 @@ def tiny(stage: str = "ar") -> TrainConfig:
         # sft and drafter add `repeat` (pure copying): after ar + joint the model had learned the
         # answer formats and the per-column arithmetic but not to copy from the prompt.
         "sft": dict(steps=800, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25, task_families=TINY_SFT_FAMILIES),
-        "drafter": dict(steps=250, lr=1e-3, micro_batch=16, task_families=TINY_SFT_FAMILIES),
+        "drafter": dict(steps=250, lr=1e-3, micro_batch=16, task_families=["add", "json", "enumerate", "repeat"]),
     }
     return TrainConfig(
         stage=stage,
