@@ -229,6 +229,9 @@ def test_refill_wait_lets_returning_clients_share_the_batch():
     # ... and never when the last batch was a single row (a lone client is served at once)
     size, took = _formation(refill_wait=5.0, last_batch=1, late_jobs=3)
     assert size == 1 and took < 0.05
+    # nobody comes back: the worker starts after one quiet gap, not the 10-gap cap
+    size, took = _formation(refill_wait=0.3, last_batch=4, late_jobs=0)
+    assert size == 1 and 0.25 < took < 2.0
     # refill_wait=0 is the old behaviour: whatever waits right now
     size, _ = _formation(refill_wait=0.0, last_batch=4, late_jobs=3)
     assert size == 1

@@ -6,10 +6,10 @@ full). One worker thread runs torch, because forwards block and the model is
 not meant to be driven from two threads. Whenever it is free it forms a batch:
 
 - it first holds the batch open briefly: ``batch_wait`` for requests arriving
-  together, and ``refill_wait`` after a batch of n rows while fewer than n
-  jobs wait (the clients just answered send their next requests within
-  milliseconds; starting at once would split them into a tiny batch and a
-  large one that waits a whole batch behind it);
+  together, and, after a batch of n rows while fewer than n jobs wait, until
+  no new job arrived for ``refill_wait`` (the clients just answered send
+  their next requests within milliseconds; starting at once would split them
+  into a tiny batch and a large one that waits a whole batch behind it);
 - the oldest waiting job decides the batch's *key*; every waiting job with
   the same key joins, oldest first, up to ``max_batch_size`` (dynamic
   batching: whatever is waiting when the worker becomes free);
@@ -146,6 +146,8 @@ def batch_key(mode: str, job: Job) -> tuple:
 
 
 class Scheduler:
+    REFILL_GAPS = 10  # longest refill wait, in quiet gaps (refill_wait)
+
     def __init__(self, model, config: ServerConfig, metrics: Metrics):
         self.model = model
         self.config = config
@@ -277,16 +279,27 @@ class Scheduler:
             return batch
 
     def _hold_open(self) -> None:
-        """Wait (lock held, released while waiting) for more jobs to join: see the module docstring."""
-        wait, target = self.config.batch_wait, self.config.max_batch_size
-        if len(self._waiting) < self._last_batch_size and self.config.refill_wait > wait:
-            wait, target = self.config.refill_wait, self._last_batch_size
-        deadline = time.monotonic() + wait
+        """Wait (lock held, released while waiting) for more jobs to join: see the module docstring.
+
+        ``batch_wait``: a fixed window, ended early by a full batch. ``refill_wait``: a quiet gap;
+        while the answered clients' follow-ups keep arriving, at most ``REFILL_GAPS`` gaps in all.
+        """
+        batch_wait, refill = self.config.batch_wait, self.config.refill_wait
+        now = time.monotonic()
+        if len(self._waiting) < self._last_batch_size and refill > 0:
+            target, deadline, gap = self._last_batch_size, now + self.REFILL_GAPS * refill, refill
+        else:
+            target, deadline, gap = self.config.max_batch_size, now + batch_wait, batch_wait
+        deadline = max(deadline, now + batch_wait)
+        seen, last_arrival = len(self._waiting), now
         while not self._stopping and not self._paused and len(self._waiting) < target:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if len(self._waiting) != seen:
+                seen, last_arrival = len(self._waiting), now
+            until = min(deadline, last_arrival + gap)
+            if now >= until:
                 return
-            self._cond.wait(remaining)
+            self._cond.wait(until - now)
 
     def _drop_finished(self) -> None:
         """Jobs whose client left or whose deadline passed while queued never reach the model."""
