@@ -195,7 +195,9 @@ def write_results(path_md: Path, path_json: Path, command: str, info: dict, cell
              f"- date: {info['date']}", f"- machine: {info['machine']}", f"- server: {info['server']}",
              f"- requests per cell: {info['requests']} (at least 2 x concurrency per round), in {info['rounds']} "
              f"interleaved rounds over the modes; max_tokens {info['max_tokens']}, temperature 0; closed loop "
-             "(each client sends its next request when the previous one is answered)",
+             "(each client sends its next request when the previous one is answered)"
+             + ("; each timed cell follows an untimed wave of `concurrency` requests of its mode" if info.get("settle")
+                else ""),
              f"- machine load average at the start: {info['load_before']}", "",
              "| mode | concurrency | requests | req/s | tokens/s | P50 s | P95 s | TPF | mean batch | errors "
              "| modes run |",
@@ -227,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests per (mode, concurrency) cell, split over the rounds (at least 2 x concurrency "
                         "per round)")
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds over the modes per concurrency")
+    p.add_argument("--no-settle", dest="settle", action="store_false",
+                   help="skip the untimed wave of `concurrency` requests before each timed cell")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--tag", default=None, help="results file suffix (default: the served model id)")
     p.add_argument("--out-dir", default=str(HERE))
@@ -256,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             merged = {mode: Cell(mode, level, 0) for mode in modes}
             for r in range(args.rounds):
                 for mode in (modes if r % 2 == 0 else modes[::-1]):
+                    if args.settle:  # untimed: what the previous cell left behind (queue, heap) settles
+                        asyncio.run(run_cell(url, model, mode, level, level, args.max_tokens))
                     merged[mode].merge(asyncio.run(run_cell(url, model, mode, level, per_round, args.max_tokens)))
             for mode in modes:
                 s = merged[mode].summary()
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     info = {"model": model, "date": time.strftime("%Y-%m-%d %H:%M"), "requests": args.requests,
-            "rounds": args.rounds, "load_before": load_before, "note": args.note,
+            "rounds": args.rounds, "settle": args.settle, "load_before": load_before, "note": args.note,
             "max_tokens": args.max_tokens,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                        f"torch {torch.__version__}",
