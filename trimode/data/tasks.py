@@ -71,13 +71,17 @@ class Task:
 
 # ---------------------------------------------------------------- helpers
 
-_CONSONANTS = "bdfgklmnprstvz"
-_VOWELS = "aeiou"
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def _word(rng: random.Random) -> str:
-    """Pronounceable pseudo-word, 2-3 syllables (no word list needed)."""
-    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3)))
+    """A random lowercase string of 3-7 letters (no word list needed).
+
+    A large inventory on purpose: the items of one list then tokenize to mostly distinct
+    tokens, and one-token matching is enough to copy them. A small model did not learn to
+    copy pronounceable pseudo-words built from 70 syllables, whose tokens repeat within a
+    list (see models/trimode-tiny/README.md, "Next recipe")."""
+    return "".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 7)))
 
 
 def _join(items: Sequence[object]) -> str:
