@@ -10,7 +10,7 @@ Families (all generated from seeded pseudo-random data, no external files):
                    ending in ``answer: N``.
 * ``mul``       -- long multiplication: one partial product per non-zero digit
                    of the multiplier, their sum, then ``answer: N``.
-* ``sort``      -- sort 10-30 integers or pseudo-words, ascending or descending.
+* ``sort``      -- sort 10-30 integers or random words, ascending or descending.
 * ``transform`` -- reverse a list, uppercase words, add k to each number, or
                    remove duplicates keeping first occurrences.
 * ``json``      -- build a JSON object from ``key=value`` pairs (``json.dumps``).
@@ -189,7 +189,7 @@ def _gen_count(rng: random.Random) -> tuple[str, str]:
 
 
 def _list_items(rng: random.Random, n: int, numbers: float) -> list:
-    """``n`` integers 0-999 (with probability ``numbers``) or pseudo-words."""
+    """``n`` integers 0-999 (with probability ``numbers``) or random words (:func:`_word`)."""
     return [rng.randint(0, 999) for _ in range(n)] if rng.random() < numbers else [_word(rng) for _ in range(n)]
 
 
