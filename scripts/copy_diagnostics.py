@@ -1,0 +1,80 @@
+"""Can a model copy from its prompt? Two cheap probes for a model directory or a training checkpoint.
+
+    python scripts/copy_diagnostics.py --model DIR [--checkpoint DIR/checkpoints/step-N ...]
+
+1. Induction probe: a random token sequence repeated twice. A model with general induction has
+   a much lower loss on the second half than on the first. A model that copies only inside the
+   task formats can show none: the diverse-words SFT model of the model card copies list items
+   but not random token strings (11.2 -> 11.1).
+2. Answer loss per task family: AR cross-entropy (nats/token) of held-out task answers (EOS
+   included), given their prompts. Copy-type families (repeat, enumerate, json) drop sharply
+   once the model copies; see models/trimode-tiny/README.md, "Next recipe".
+
+With --checkpoint, each checkpoint's weights (``weights.safetensors`` of a full-model stage) are
+loaded into the model of --model in turn, so a running stage can be watched.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from trimode.data.tasks import FAMILIES, generate_tasks, sft_example
+from trimode.loading import load
+
+
+def induction_probe(model, vocab_low: int = 100, length: int = 50, rows: int = 8) -> tuple[float, float]:
+    """(first-half loss, second-half loss) on ``rows`` random sequences of ``length`` tokens, repeated."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(vocab_low, model.config.vocab_size, (rows, length), generator=g)
+    ids = torch.cat([x, x], 1)  # (rows, 2 * length)
+    logits = model(input_ids=ids).logits[:, :-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    loss = loss.view(rows, -1)
+    return loss[:, :length - 1].mean().item(), loss[:, length:].mean().item()
+
+
+def answer_loss(model, tokenizer, family: str, n: int) -> float:
+    """Mean AR cross-entropy of the answers (+ EOS) of ``n`` held-out tasks of ``family``."""
+    total, count = 0.0, 0
+    for task in generate_tasks("heldout", n, seed=0, families=[family]):
+        prompt, response = sft_example(task, tokenizer)
+        target = response + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + target])
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1]  # predicts each target token
+        total += F.cross_entropy(logits, ids[0, len(prompt):], reduction="sum").item()
+        count += len(target)
+    return total / count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model directory (config, weights, tokenizer)")
+    ap.add_argument("--checkpoint", nargs="*", default=[], help="training checkpoints to load in turn")
+    ap.add_argument("--families", default="add,enumerate,json,repeat",
+                    help=f"comma list of task families (allowed: {', '.join(FAMILIES)})")
+    ap.add_argument("--tasks", type=int, default=12, help="held-out tasks per family")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves a core to a running job)")
+    args = ap.parse_args()
+    families = [f for f in args.families.split(",") if f]
+    bad = [f for f in families if f not in FAMILIES]
+    if bad:
+        ap.error(f"--families: unknown {bad}; allowed: {', '.join(FAMILIES)}")
+    torch.set_num_threads(args.threads)
+    loaded = load(args.model, drafter=False)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    for source in [None, *args.checkpoint]:
+        if source is not None:
+            model.load_state_dict(load_file(f"{source}/weights.safetensors"))
+        with torch.no_grad():
+            first, second = induction_probe(model)
+            losses = {f: answer_loss(model, tokenizer, f, args.tasks) for f in families}
+        print(f"{source or args.model}: induction {first:.2f} -> {second:.2f} nats; answer loss "
+              + ", ".join(f"{f} {v:.3f}" for f, v in losses.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
