@@ -205,12 +205,13 @@ class _ConfigOnly:
         eos_token_ids = [2]
 
 
-def _formation(refill_wait: float, last_batch: int, late_jobs: int) -> tuple[int, float]:
+def _formation(refill_wait: float, last_batch: int, late_jobs: int, batch_wait: float = 0.0) -> tuple[int, float]:
     """Form one batch with 1 job waiting and ``late_jobs`` more arriving 50 ms later; (size, seconds)."""
     from trimode.serving.metrics import Metrics
     from trimode.serving.scheduler import Scheduler
 
-    sched = Scheduler(_ConfigOnly(), ServerConfig(refill_wait=refill_wait).validate(), Metrics())
+    config = ServerConfig(refill_wait=refill_wait, batch_wait=batch_wait).validate()
+    sched = Scheduler(_ConfigOnly(), config, Metrics())
     sched._last_batch_size = last_batch
     sched.submit([job()])
     late = threading.Timer(0.05, lambda: sched.submit([job() for _ in range(late_jobs)]))
@@ -232,6 +233,9 @@ def test_refill_wait_lets_returning_clients_share_the_batch():
     # nobody comes back: the worker starts after one quiet gap, not the 10-gap cap
     size, took = _formation(refill_wait=0.3, last_batch=4, late_jobs=0)
     assert size == 1 and 0.25 < took < 2.0
+    # a quiet gap never cuts batch_wait short
+    size, took = _formation(refill_wait=0.01, last_batch=4, late_jobs=0, batch_wait=0.3)
+    assert size == 1 and took >= 0.29
     # refill_wait=0 is the old behaviour: whatever waits right now
     size, _ = _formation(refill_wait=0.0, last_batch=4, late_jobs=3)
     assert size == 1

@@ -281,22 +281,21 @@ class Scheduler:
     def _hold_open(self) -> None:
         """Wait (lock held, released while waiting) for more jobs to join: see the module docstring.
 
-        ``batch_wait``: a fixed window, ended early by a full batch. ``refill_wait``: a quiet gap;
-        while the answered clients' follow-ups keep arriving, at most ``REFILL_GAPS`` gaps in all.
+        ``batch_wait``: a fixed window, always held unless the batch fills. ``refill_wait``: a
+        quiet gap; while the answered clients' follow-ups keep arriving, at most ``REFILL_GAPS``
+        gaps in all.
         """
         batch_wait, refill = self.config.batch_wait, self.config.refill_wait
-        now = time.monotonic()
-        if len(self._waiting) < self._last_batch_size and refill > 0:
-            target, deadline, gap = self._last_batch_size, now + self.REFILL_GAPS * refill, refill
-        else:
-            target, deadline, gap = self.config.max_batch_size, now + batch_wait, batch_wait
-        deadline = max(deadline, now + batch_wait)
-        seen, last_arrival = len(self._waiting), now
+        start = time.monotonic()
+        refilling = refill > 0 and len(self._waiting) < self._last_batch_size
+        target = self._last_batch_size if refilling else self.config.max_batch_size
+        deadline = start + max(batch_wait, self.REFILL_GAPS * refill if refilling else 0.0)
+        seen, last_arrival = len(self._waiting), start
         while not self._stopping and not self._paused and len(self._waiting) < target:
             now = time.monotonic()
             if len(self._waiting) != seen:
                 seen, last_arrival = len(self._waiting), now
-            until = min(deadline, last_arrival + gap)
+            until = min(deadline, max(start + batch_wait, last_arrival + refill)) if refilling else deadline
             if now >= until:
                 return
             self._cond.wait(until - now)
