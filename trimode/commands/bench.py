@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from .common import MODE_CHOICES, add_model_argument, positive_int, threshold_value
-from ..evaluation.cliargs import add_common_arguments, comma_list, default_out_dir, load_for_harness
+from ..evaluation.cliargs import (add_common_arguments, apply_options, comma_list, default_out_dir,
+                                  load_for_harness)
 from .common import probability
 
 
@@ -60,12 +61,9 @@ def bench_config(args: argparse.Namespace):
     """The :class:`BenchConfig` the options describe."""
     from ..evaluation.bench import BenchConfig, quick_config
 
-    config = quick_config() if args.quick else BenchConfig()
-    for name in ("prompt_sets", "n_prompts", "sweep_prompts", "max_new_tokens", "code_prompt_tokens", "batch_sizes",
-                 "modes", "block_length", "threshold", "thresholds", "block_lengths", "seed", "repeats"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(config, name, value)
+    config = apply_options(quick_config() if args.quick else BenchConfig(), args, (
+        "prompt_sets", "n_prompts", "sweep_prompts", "max_new_tokens", "code_prompt_tokens", "batch_sizes", "modes",
+        "block_length", "threshold", "thresholds", "block_lengths", "seed", "repeats"))
     config.baseline, config.sol = not args.no_baseline, not args.no_sol
     config.autotune, config.plots = not args.no_autotune, not args.no_plots
     return config.validate()

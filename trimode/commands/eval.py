@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..evaluation.cliargs import add_common_arguments, comma_list, default_out_dir, load_for_harness
+from ..evaluation.cliargs import (add_common_arguments, apply_options, comma_list, default_out_dir,
+                                  load_for_harness)
 from .common import MODE_CHOICES, add_model_argument, positive_int, threshold_value
 
 
@@ -40,12 +41,8 @@ def eval_config(args: argparse.Namespace):
     from ..evaluation.accuracy import EvalConfig
 
     config = EvalConfig(n_tasks=6, max_new_tokens=16) if args.quick else EvalConfig()
-    for name in ("n_tasks", "families", "modes", "block_length", "thresholds", "max_new_tokens", "batch_size",
-                 "seed"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(config, name, value)
-    return config.validate()
+    return apply_options(config, args, ("n_tasks", "families", "modes", "block_length", "thresholds",
+                                        "max_new_tokens", "batch_size", "seed")).validate()
 
 
 def run(args: argparse.Namespace) -> int:

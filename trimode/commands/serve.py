@@ -93,7 +93,8 @@ def config_from_args(args: argparse.Namespace):
                           max_probe_every=max(AutoModeConfig.max_probe_every, args.auto_probe_every))
     return ServerConfig(model=args.model, mode=args.mode, host=args.host, port=args.port,
                         served_model_name=args.served_model_name, max_batch_size=args.max_batch_size,
-                        max_queue=args.max_queue, batch_wait=args.batch_wait, refill_wait=args.refill_wait, request_timeout=args.timeout,
+                        max_queue=args.max_queue, batch_wait=args.batch_wait, refill_wait=args.refill_wait,
+                        request_timeout=args.timeout,
                         max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
                         block_length=args.block_length, max_block_length=args.max_block_length,
                         threshold=getattr(args, "threshold", d.threshold), num_threads=args.threads, seed=args.seed,

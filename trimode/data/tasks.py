@@ -144,7 +144,7 @@ def _gen_transform(rng: random.Random) -> tuple[str, str]:
     n = rng.randint(10, 25)
     op = rng.choice(("reverse", "upper", "add", "dedupe"))
     if op == "reverse":
-        items = [rng.randint(0, 999) for _ in range(n)] if rng.random() < 0.5 else [_word(rng) for _ in range(n)]
+        items = _list_items(rng, n, numbers=0.5)
         return f"Reverse the order of this list: {_join(items)}", _join(items[::-1])
     if op == "upper":
         words = [_word(rng) for _ in range(n)]

@@ -31,6 +31,15 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                         "model, to measure what the drafter adds")
 
 
+def apply_options(config, args: argparse.Namespace, names: tuple[str, ...]):
+    """Copy the options in ``names`` that were given (not None) onto ``config``; return it."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
+    return config
+
+
 def default_out_dir(model_name: str) -> Path:
     return Path("benchmarks") / "reports" / model_name
 
@@ -45,7 +54,7 @@ def load_for_harness(args: argparse.Namespace, command: str):
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
-    loaded = load(args.model, drafter=not getattr(args, "no_drafter", False))
+    loaded = load(args.model, drafter=not args.no_drafter)
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.path} has no tokenizer; `trimode {command}` needs one to build its prompts")
     return loaded

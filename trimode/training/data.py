@@ -58,12 +58,17 @@ def encode_code(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
 
-def pretraining_documents(tokenizer, cfg: TrainConfig, split: str) -> Iterator[list[int]]:
-    """Code files and chat-rendered tasks, interleaved so tasks make ``task_fraction`` of the tokens."""
+def code_documents(tokenizer, cfg: TrainConfig, split: str) -> Iterator[list[int]]:
+    """The stdlib files of ``split``, tokenized."""
     # max_files trims the training corpus; held-out evaluation reads the whole held-out split
     # (about 2% of the files, streamed lazily) so a small max_files still has held-out code.
     max_files = cfg.max_files if split == "train" else None
-    code = (encode_code(tokenizer, text) for text in CodeCorpus(split, max_files=max_files).texts())
+    return (encode_code(tokenizer, text) for text in CodeCorpus(split, max_files=max_files).texts())
+
+
+def pretraining_documents(tokenizer, cfg: TrainConfig, split: str) -> Iterator[list[int]]:
+    """Code files and chat-rendered tasks, interleaved so tasks make ``task_fraction`` of the tokens."""
+    code = code_documents(tokenizer, cfg, split)
     tasks = iter_tasks(split, cfg.seed + PRETRAIN_TASK_SEED, families(cfg))
     frac = cfg.task_fraction
     if frac >= 1.0:  # tasks only: an epoch is n_tasks tasks
@@ -91,20 +96,14 @@ def pretraining_sequences(tokenizer, cfg: TrainConfig, split: str = "train") -> 
         yield {"input_ids": chunk}
 
 
-def code_sequences(tokenizer, cfg: TrainConfig, split: str) -> Iterator[torch.LongTensor]:
-    """Stdlib code files packed into ``(seq_len,)`` chunks (the held-out split is read whole)."""
-    max_files = cfg.max_files if split == "train" else None
-    docs = (encode_code(tokenizer, text) for text in CodeCorpus(split, max_files=max_files).texts())
-    return pack_documents(docs, cfg.seq_len, tokenizer.eos_token_id)
-
-
 def sft_sequences(tokenizer, cfg: TrainConfig, split: str = "train",
                   n_tasks: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Packed task examples (loss on responses), with ``code_replay`` of the sequences being
     code (loss on every token) so that SFT does not erase what pretraining learned."""
     tasks = itertools.islice(iter_tasks(split, cfg.seed, families(cfg)), n_tasks or cfg.n_tasks)
     examples = (sft_example(t, tokenizer) for t in tasks)
-    code = code_sequences(tokenizer, cfg, split) if cfg.code_replay > 0 else iter(())
+    code = pack_documents(code_documents(tokenizer, cfg, split), cfg.seq_len, tokenizer.eos_token_id) \
+        if cfg.code_replay > 0 else iter(())
     n_task = n_code = 0
     for ids, mask in pack_sft_examples(examples, cfg.seq_len, pad_id(tokenizer), tokenizer.eos_token_id):
         yield {"input_ids": ids, "loss_mask": mask}
