@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the preset "tiny" from scratch and ship it to $DEST (default models/trimode-tiny), about
-# 1.5 hours on 2 CPU cores:
+# 1.7 hours on 2 CPU cores:
 #   [DEST=dir] bash scripts/train_trimode_tiny.sh [RUN_DIR]
 # The model shipped now was trained by this script at commit 1e12a0e; HEAD's preset is the next
 # recipe, still being worked on (models/trimode-tiny/README.md, "Next recipe").

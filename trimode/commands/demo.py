@@ -28,14 +28,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def demo_prompts(tokenizer, code_chars: int) -> list[tuple[str, list[int], object]]:
-    """(name, prompt ids, task or None): a held-out code prefix and a held-out task."""
+def demo_prompts(tokenizer, code_chars: int, families: list[str] | None = None) -> list[tuple[str, list[int], object]]:
+    """(name, prompt ids, task or None): a held-out code prefix and a held-out task of the
+    first of ``families`` (the model's trained families; ``json`` if unknown)."""
     from ..data.corpus import CodeCorpus
     from ..data.tasks import format_prompt, generate_tasks
 
     relpath, text = next(iter(CodeCorpus(split="heldout")))
     code = text[:code_chars]
-    task = generate_tasks("heldout", 1, seed=0, families=["add"])[0]
+    task = generate_tasks("heldout", 1, seed=0, families=(families or ["json"])[:1])[0]
     code_ids = tokenizer.encode(code, add_special_tokens=False, split_special_tokens=True)
     task_ids = tokenizer.encode(format_prompt(task), add_special_tokens=False)
     return [(f"code ({relpath})", code_ids, None), (f"task ({task.family})", task_ids, task)]
@@ -43,6 +44,7 @@ def demo_prompts(tokenizer, code_chars: int) -> list[tuple[str, list[int], objec
 
 def run(args: argparse.Namespace) -> int:
     from ..data.tasks import score
+    from ..evaluation.prompts import trained_families
     from ..loading import load
 
     started = time.perf_counter()
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {loaded.path} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"drafter: {'yes' if loaded.has_drafter else 'no'}), threads: {torch.get_num_threads()}\n")
     rows = []
-    for name, ids, task in demo_prompts(tok, args.code_chars):
+    for name, ids, task in demo_prompts(tok, args.code_chars, trained_families(model.config)):
         print(f"##### {name}\n{tok.decode(ids)}")
         for mode in MODE_CHOICES:
             kwargs = dict(max_new_tokens=args.max_new_tokens, return_stats=True)

@@ -18,7 +18,7 @@ Families (all generated from seeded pseudo-random data, no external files):
 * ``repeat``    -- repeat a list of 10-20 words or numbers exactly (pure copying:
                    it teaches a small model the induction mechanism the other
                    families build on).
-* ``enumerate`` -- number the items of a list of 10-20 words or numbers, one per
+* ``enumerate`` -- number the items of a list of 10-16 words or numbers, one per
                    line (``1. first``), from 1 or from a given start.
 
 Design choices:
@@ -199,8 +199,8 @@ def _gen_repeat(rng: random.Random) -> tuple[str, str]:
 
 
 def _gen_enumerate(rng: random.Random) -> tuple[str, str]:
-    # 20 items keep prompt + answer within a 256-token training sequence
-    items = _list_items(rng, rng.randint(10, 20), numbers=0.3)
+    # at most 16 items keep prompt + answer within a 256-token training sequence
+    items = _list_items(rng, rng.randint(10, 16), numbers=0.3)
     start = 1 if rng.random() < 0.5 else rng.randint(2, 50)
     where = "" if start == 1 else f", starting at {start}"
     prompt = f"Number these items one per line{where}: {_join(items)}"

@@ -199,23 +199,24 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- presets
-# repeat x3: half of the SFT tasks are pure copying, so the copy mechanism forms within the stage.
-TINY_SFT_FAMILIES = ["add", "json", "enumerate", "repeat", "repeat", "repeat"]
+# The tiny model's task mix: the copy families (items are random letter strings and numbers,
+# a large token inventory), from the first step of ar. A 4-layer model learned to copy from the
+# prompt only with copy-heavy, diverse-token data; `add` (fetching the k-th digit from the right)
+# did not follow within the budget, so it is left out (models/trimode-tiny/README.md).
+TINY_FAMILIES = ["json", "enumerate", "repeat"]
 
 
 def tiny(stage: str = "ar") -> TrainConfig:
     """The shipped model, trimode-tiny: 4 x 256, vocab 2048, seq 256, block 16.
 
-    Sized so the whole recipe (scripts/train_trimode_tiny.sh) runs in about 1.5 hours on
+    Sized so the whole recipe (scripts/train_trimode_tiny.sh) runs in under 2 hours on
     2 CPU cores; see models/trimode-tiny/README.md for what it reaches.
     """
     per_stage = {
         "ar": dict(steps=1000, lr=2e-3),
         "joint": dict(steps=350, lr=1e-3, block_sizes=[4, 8, 16]),
-        # sft and drafter add `repeat` (pure copying): after ar + joint the model had learned the
-        # answer formats and the per-column arithmetic but not to copy from the prompt.
-        "sft": dict(steps=800, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25, task_families=TINY_SFT_FAMILIES),
-        "drafter": dict(steps=250, lr=1e-3, micro_batch=16, task_families=["add", "json", "enumerate", "repeat"]),
+        "sft": dict(steps=700, lr=1e-3, block_sizes=[4, 8, 16], code_replay=0.25),
+        "drafter": dict(steps=250, lr=1e-3, micro_batch=16),
     }
     return TrainConfig(
         stage=stage,
@@ -223,7 +224,7 @@ def tiny(stage: str = "ar") -> TrainConfig:
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, block_size=16),
         drafter=DrafterConfig(n_prompts=512, n_eval_prompts=32, gen_tokens=96, gen_batch=32),
         task_fraction=0.5, n_tasks=40000, eval_interval=100, checkpoint_interval=25, log_interval=5,
-        **{"task_families": ["add", "json", "enumerate"], **per_stage[_check_stage(stage)]},
+        task_families=TINY_FAMILIES, **per_stage[_check_stage(stage)],
     )
 
 
