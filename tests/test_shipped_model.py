@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from trimode.data.tasks import format_prompt, generate_tasks
+from trimode.evaluation.prompts import trained_families
 from trimode.loading import SHIPPED_MODEL, load
 
 pytestmark = pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped model")
@@ -23,7 +24,7 @@ def test_shipped_model_loads_with_tokenizer_and_drafter(shipped):
 def test_shipped_speculative_modes_equal_ar_greedy(shipped):
     tok, model = shipped.tokenizer, shipped.model
     prompts = [tok.encode(format_prompt(t), add_special_tokens=False)
-               for t in generate_tasks("heldout", 2, seed=1, families=["add", "json"])]
+               for t in generate_tasks("heldout", 2, seed=1, families=trained_families(model.config))]
     prompts.append(tok.encode("import os\n\ndef main(", add_special_tokens=False))
     ref, _ = model.ar_generate(prompts, max_new_tokens=40)
     for mode in ("linear-spec", "quadratic-spec"):
