@@ -1,11 +1,12 @@
-"""Can a model copy from its prompt? Two cheap probes for a model directory or a training checkpoint.
+"""Can a model copy from its prompt? Cheap probes for a model directory or a training checkpoint.
 
     python scripts/copy_diagnostics.py --model DIR [--checkpoint DIR/checkpoints/step-N ...]
 
-1. Induction probe: a random token sequence repeated twice. A model with general induction has
-   a much lower loss on the second half than on the first. A model that copies only inside the
-   task formats can show none: the diverse-words SFT model of the model card copies list items
-   but not random token strings (11.2 -> 11.1).
+1. Induction probes: a random token sequence repeated twice, and windows of held-out code
+   repeated twice. A model that copies from its context has a much lower loss on the second
+   copy than on the first. A model that copies only inside the task formats can show none:
+   the diverse-words SFT model of the model card copies list items but not random token
+   strings (11.2 -> 11.1).
 2. Answer loss per task family: AR cross-entropy (nats/token) of held-out task answers (EOS
    included), given their prompts. Copy-type families (repeat, enumerate, json) drop sharply
    once the model copies; see models/trimode-tiny/README.md, "Next recipe".
@@ -35,6 +36,27 @@ def induction_probe(model, vocab_low: int = 100, length: int = 50, rows: int = 8
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     loss = loss.view(rows, -1)
     return loss[:, :length - 1].mean().item(), loss[:, length:].mean().item()
+
+
+def code_copy_probe(model, tokenizer, width: int = 64, rows: int = 8) -> tuple[float, float]:
+    """(first-copy loss, second-copy loss) on windows of held-out stdlib files written twice,
+    the form of the ``copy_windows`` training data: a model that copies from its context
+    predicts the second copy almost perfectly."""
+    from trimode.data.corpus import CodeCorpus
+    from trimode.training.data import encode_code
+
+    windows = []
+    for _, text in CodeCorpus(split="heldout"):
+        ids = encode_code(tokenizer, text)
+        windows += [ids[i:i + width] for i in range(0, len(ids) - width, 4 * width)][:2]
+        if len(windows) >= rows:
+            break
+    x = torch.tensor(windows[:rows])
+    ids = torch.cat([x, x], 1)  # (rows, 2 * width)
+    logits = model(input_ids=ids).logits[:, :-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    loss = loss.view(rows, -1)
+    return loss[:, :width - 1].mean().item(), loss[:, width:].mean().item()
 
 
 def answer_loss(model, tokenizer, family: str, n: int) -> float:
@@ -71,8 +93,10 @@ def main() -> None:
             model.load_state_dict(load_file(f"{source}/weights.safetensors"))
         with torch.no_grad():
             first, second = induction_probe(model)
+            code_first, code_second = code_copy_probe(model, tokenizer)
             losses = {f: answer_loss(model, tokenizer, f, args.tasks) for f in families}
-        print(f"{source or args.model}: induction {first:.2f} -> {second:.2f} nats; answer loss "
+        print(f"{source or args.model}: induction {first:.2f} -> {second:.2f} nats; code copy "
+              f"{code_first:.2f} -> {code_second:.2f}; answer loss "
               + ", ".join(f"{f} {v:.3f}" for f, v in losses.items()), flush=True)
 
 

@@ -193,3 +193,27 @@ def test_sft_code_replay_share(tokenizer_dir):
         assert abs(len(code) - replay * len(seqs)) <= 1, (replay, len(code), len(seqs))
     with pytest.raises(ValueError, match="code_replay=1.0 must be in \\[0, 1\\)"):
         debug_config("sft", code_replay=1.0).validate()
+
+
+def test_copy_windows_follow_their_file():
+    """copy_windows: each code file is followed by that many windows of itself, each written
+    twice and short enough for both copies to share a sequence; 0 leaves the stream unchanged."""
+    from trimode.training.data import with_copy_windows
+
+    docs = [list(range(100, 1100)), list(range(7)), [], list(range(5000, 5300))]
+    assert list(with_copy_windows(iter(docs), debug_config("ar", copy_windows=0.0))) == docs
+    cfg = debug_config("ar", copy_windows=2)
+    out = list(with_copy_windows(iter(docs), cfg))
+    assert out[0] == docs[0] and out[3] == docs[1] and out[6] == [] and out[7] == docs[3]
+    for doc, windows in ((docs[0], out[1:3]), (docs[1], out[4:6]), (docs[3], out[8:10])):
+        for w in windows:
+            half = len(w) // 2
+            assert w[:half] == w[half:] and half == min(len(doc), cfg.seq_len // 4)
+            start = doc.index(w[0])
+            assert doc[start:start + half] == w[:half]  # a contiguous window of its own file
+    assert out[1] != out[2]  # different windows of the same file
+    # the fractional part is a per-file draw: about that share of files gets one more window
+    many = list(with_copy_windows(iter([list(range(200))] * 400), debug_config("ar", copy_windows=0.25)))
+    assert 60 < len(many) - 400 < 140
+    with pytest.raises(ValueError, match="copy_windows=-1"):
+        debug_config("ar", copy_windows=-1).validate()

@@ -109,6 +109,8 @@ class TrainConfig:
     # ---- data
     task_fraction: float = _f(0.3, "ar/joint: share of training tokens from task text (the rest: stdlib code)")
     task_families: list[str] = _f([], "task families to use (empty: all); a family listed k times gets k shares")
+    copy_windows: float = _f(0.0, "ar/joint: mean number of windows of each code file appended repeated twice "
+                             "(predictable only by copying: teaches the model to copy from its context)")
     n_tasks: int = _f(20000, "sft: distinct training tasks per epoch")
     code_replay: float = _f(0.0, "sft: share of sequences that are stdlib code (loss on all tokens), so code "
                             "is not forgotten")
@@ -145,6 +147,7 @@ class TrainConfig:
         for name in ("warmup_frac", "decay_frac", "task_fraction"):
             need(0 <= getattr(self, name) <= 1, f"{name}={getattr(self, name)} must be in [0, 1]")
         need(0 <= self.code_replay < 1, f"code_replay={self.code_replay} must be in [0, 1)")
+        need(0 <= self.copy_windows <= 64, f"copy_windows={self.copy_windows} must be in [0, 64]")
         need(self.warmup_frac + self.decay_frac <= 1,
              f"warmup_frac + decay_frac = {self.warmup_frac + self.decay_frac} must be <= 1")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"betas ({self.beta1}, {self.beta2}) must be in [0, 1)")

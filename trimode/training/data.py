@@ -4,7 +4,8 @@
   (rendered with the chat template, so the AR model learns both and SFT starts from a
   model that has seen the format), interleaved by *token* share (``task_fraction``),
   packed into ``(seq_len,)`` chunks with EOS between documents. One epoch = one pass over
-  the code corpus.
+  the code corpus. ``copy_windows`` appends windows of each training file written twice,
+  which only copying can predict (:func:`with_copy_windows`).
 - ``sft``: :func:`sft_sequences`: task ``(prompt, response)`` pairs, packed with a loss
   mask on the response tokens only, plus a ``code_replay`` share of code sequences.
 - The batcher yields *global* batches (``micro_batch * grad_accum * world_size`` samples);
@@ -66,9 +67,35 @@ def code_documents(tokenizer, cfg: TrainConfig, split: str) -> Iterator[list[int
     return (encode_code(tokenizer, text) for text in CodeCorpus(split, max_files=max_files).texts())
 
 
+def copy_window(doc: list[int], seq_len: int, seed: int, index: int) -> list[int]:
+    """A window of ``doc`` written twice, ``w + w`` with ``len(w) <= seq_len // 4``: the second
+    copy is predictable only by copying the first, and most of the time both copies land in
+    the same packed sequence."""
+    width = min(len(doc), seq_len // 4)
+    start = sample_seed(seed, "copy-window-start", 0, index) % (len(doc) - width + 1)
+    window = doc[start:start + width]
+    return window + window
+
+
+def with_copy_windows(docs: Iterator[list[int]], cfg: TrainConfig) -> Iterator[list[int]]:
+    """``docs``, each followed by ``cfg.copy_windows`` of its :func:`copy_window` on average
+    (the integer part always, the fraction as a deterministic draw per document)."""
+    whole, frac = int(cfg.copy_windows), cfg.copy_windows % 1
+    for i, doc in enumerate(docs):
+        yield doc
+        if not doc:
+            continue
+        n = whole + (sample_seed(cfg.seed, "copy-windows", 0, i) < frac * 2**63)
+        for k in range(n):
+            yield copy_window(doc, cfg.seq_len, cfg.seed, i * 64 + k)
+
+
 def pretraining_documents(tokenizer, cfg: TrainConfig, split: str) -> Iterator[list[int]]:
-    """Code files and chat-rendered tasks, interleaved so tasks make ``task_fraction`` of the tokens."""
+    """Code files (plus their copy windows on the train split, ``copy_windows``) and
+    chat-rendered tasks, interleaved so tasks make ``task_fraction`` of the tokens."""
     code = code_documents(tokenizer, cfg, split)
+    if split == "train":  # held-out loss stays comparable across copy_windows settings
+        code = with_copy_windows(code, cfg)
     tasks = iter_tasks(split, cfg.seed + PRETRAIN_TASK_SEED, families(cfg))
     frac = cfg.task_fraction
     if frac >= 1.0:  # tasks only: an epoch is n_tasks tasks
