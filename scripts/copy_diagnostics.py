@@ -27,15 +27,20 @@ from trimode.data.tasks import FAMILIES, generate_tasks, sft_example
 from trimode.loading import load
 
 
-def induction_probe(model, vocab_low: int = 100, length: int = 50, rows: int = 8) -> tuple[float, float]:
-    """(first-half loss, second-half loss) on ``rows`` random sequences of ``length`` tokens, repeated."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(vocab_low, model.config.vocab_size, (rows, length), generator=g)
-    ids = torch.cat([x, x], 1)  # (rows, 2 * length)
+def repeat_loss(model, x: torch.Tensor) -> tuple[float, float]:
+    """(first-copy loss, second-copy loss) of the rows of ``x`` (rows, width) written twice."""
+    rows, width = x.shape
+    ids = torch.cat([x, x], 1)  # (rows, 2 * width)
     logits = model(input_ids=ids).logits[:, :-1]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     loss = loss.view(rows, -1)
-    return loss[:, :length - 1].mean().item(), loss[:, length:].mean().item()
+    return loss[:, :width - 1].mean().item(), loss[:, width:].mean().item()
+
+
+def induction_probe(model, vocab_low: int = 100, length: int = 50, rows: int = 8) -> tuple[float, float]:
+    """:func:`repeat_loss` of ``rows`` random sequences of ``length`` tokens."""
+    g = torch.Generator().manual_seed(0)
+    return repeat_loss(model, torch.randint(vocab_low, model.config.vocab_size, (rows, length), generator=g))
 
 
 def code_copy_probe(model, tokenizer, width: int = 64, rows: int = 8) -> tuple[float, float]:
@@ -51,12 +56,7 @@ def code_copy_probe(model, tokenizer, width: int = 64, rows: int = 8) -> tuple[f
         windows += [ids[i:i + width] for i in range(0, len(ids) - width, 4 * width)][:2]
         if len(windows) >= rows:
             break
-    x = torch.tensor(windows[:rows])
-    ids = torch.cat([x, x], 1)  # (rows, 2 * width)
-    logits = model(input_ids=ids).logits[:, :-1]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    loss = loss.view(rows, -1)
-    return loss[:, :width - 1].mean().item(), loss[:, width:].mean().item()
+    return repeat_loss(model, torch.tensor(windows[:rows]))
 
 
 def answer_loss(model, tokenizer, family: str, n: int) -> float:
