@@ -202,13 +202,13 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- presets
-# The tiny model's task mix: the copy families (items are random letter strings and numbers,
-# a large token inventory), from the first step of ar. A 4-layer model learned to copy from the
-# prompt only with copy-heavy, diverse-token data; `add` (fetching the k-th digit from the right)
-# did not follow within the budget, so it is left out (models/trimode-tiny/README.md).
+# The third recipe's task mix (work in progress; the shipped model is the first recipe's): the
+# copy families, whose items are random letter strings and numbers, from the first step of ar;
+# `add` (fetching the k-th digit from the right) is left out. Its run did not learn to copy
+# from the prompt within the budget: see models/trimode-tiny/README.md, "Third recipe".
 TINY_FAMILIES = ["json", "enumerate", "repeat"]
 # joint and sft weight `repeat` (pure copying) x2: copying had not formed after 600 steps of ar
-# with equal shares (answer loss flat), and it formed within SFT when half the tasks were repeats.
+# with equal shares, and in the second recipe it formed within SFT when half the tasks were repeats.
 TINY_COPY_HEAVY = ["json", "enumerate", "repeat", "repeat"]
 
 
