@@ -44,6 +44,10 @@ def _f(default: Any, help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help}, **kw)
 
 
+# Bound of copy_windows (per code file); training/data.py numbers each file's windows below it.
+MAX_COPY_WINDOWS = 64
+
+
 @dataclass
 class ModelSpec:
     """Architecture of a model trained from scratch (Ministral-3 style decoder, untied head)."""
@@ -147,7 +151,8 @@ class TrainConfig:
         for name in ("warmup_frac", "decay_frac", "task_fraction"):
             need(0 <= getattr(self, name) <= 1, f"{name}={getattr(self, name)} must be in [0, 1]")
         need(0 <= self.code_replay < 1, f"code_replay={self.code_replay} must be in [0, 1)")
-        need(0 <= self.copy_windows <= 64, f"copy_windows={self.copy_windows} must be in [0, 64]")
+        need(0 <= self.copy_windows <= MAX_COPY_WINDOWS,
+             f"copy_windows={self.copy_windows} must be in [0, {MAX_COPY_WINDOWS}]")
         need(self.warmup_frac + self.decay_frac <= 1,
              f"warmup_frac + decay_frac = {self.warmup_frac + self.decay_frac} must be <= 1")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"betas ({self.beta1}, {self.beta2}) must be in [0, 1)")

@@ -29,7 +29,7 @@ import torch
 from ..data.corpus import CodeCorpus
 from ..data.packing import Batcher, pack_documents, pack_sft_examples
 from ..data.tasks import iter_tasks, sft_example
-from .config import TrainConfig
+from .config import MAX_COPY_WINDOWS, TrainConfig
 
 # Offsets that keep the task streams of different uses apart (same split, other tasks).
 PRETRAIN_TASK_SEED = 1
@@ -87,7 +87,7 @@ def with_copy_windows(docs: Iterator[list[int]], cfg: TrainConfig) -> Iterator[l
             continue
         n = whole + (sample_seed(cfg.seed, "copy-windows", 0, i) < frac * 2**63)
         for k in range(n):
-            yield copy_window(doc, cfg.seq_len, cfg.seed, i * 64 + k)
+            yield copy_window(doc, cfg.seq_len, cfg.seed, i * MAX_COPY_WINDOWS + k)
 
 
 def pretraining_documents(tokenizer, cfg: TrainConfig, split: str) -> Iterator[list[int]]:
