@@ -9,7 +9,7 @@
    strings (11.2 -> 11.1).
 2. Answer loss per task family: AR cross-entropy (nats/token) of held-out task answers (EOS
    included), given their prompts. Copy-type families (repeat, enumerate, json) drop sharply
-   once the model copies; see models/trimode-tiny/README.md, "Next recipe".
+   once the model copies; see models/trimode-tiny/README.md, "How the recipe was found".
 
 With --checkpoint, each checkpoint's weights (``weights.safetensors`` of a full-model stage) are
 loaded into the model of --model in turn, so a running stage can be watched.

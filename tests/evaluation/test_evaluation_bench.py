@@ -92,6 +92,11 @@ def test_eval_quick_end_to_end(model_dir, tmp_path):
     rows = {r["setting"]: r for r in result["rows"]}
     assert rows["linear-spec B=4"]["identical_to_ar"] == rows["quadratic-spec B=4"]["identical_to_ar"] == 1.0
     assert all(r["n"] == 6 and 0.0 <= r["accuracy"] <= 1.0 for r in result["rows"])
+    tasks = result["tasks"].values()
+    assert len(tasks) == 6 and all(t["answer"] for t in tasks)
+    # a wrong answer keeps its text; a right one does not repeat the expected answer
+    assert all(("output" in t[s]) != t[s]["correct"] for t in tasks for s in labels)
+    assert sum(t["ar"]["correct"] for t in tasks) == rows["ar"]["correct"]
     md = (out / "eval.md").read_text()
     assert md.startswith("# trimode eval: ") and "| commit |" in md and _reruns_as(md, argv)
 

@@ -80,7 +80,7 @@ def _word(rng: random.Random) -> str:
     A large inventory on purpose: the items of one list then tokenize to mostly distinct
     tokens, and one-token matching is enough to copy them. A small model did not learn to
     copy pronounceable pseudo-words built from 70 syllables, whose tokens repeat within a
-    list (see models/trimode-tiny/README.md, "Next recipe")."""
+    list (see models/trimode-tiny/README.md, "How the recipe was found")."""
     return "".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 7)))
 
 

@@ -21,6 +21,8 @@ Design choices:
   batched float sums can flip a near-tie argmax): use ``batch_size=1`` for
   numbers that must not depend on batching. Speed numbers here are only
   indicative; ``trimode bench`` measures speed properly.
+- ``eval.json`` keeps, per task, the expected answer and the text of every wrong
+  output, so failures can be read without re-running.
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
         for s in settings:
             records[s].append(s.run(model, batch, max_new))
     reference = [g for r in records[settings[0]] for g in r.generated]
-    rows, per_task = [], {t.id: {"family": t.family} for t in tasks}
+    # Per task: the expected answer, and per setting whether it scored; a wrong answer keeps its
+    # text, so failures can be read (right ones equal "answer").
+    rows, per_task = [], {t.id: {"family": t.family, "answer": t.answer} for t in tasks}
     for s in settings:
         generated = [g for r in records[s] for g in r.generated]
         scores = score_rows(tokenizer, tasks, generated)
@@ -174,6 +178,8 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
                      "tokens_per_s": summary.tokens_per_s, "tokens": summary.tokens})
         for t, sc, g, ref in zip(tasks, scores, generated, reference):
             per_task[t.id][s.label] = {"correct": bool(sc), "identical_to_ar": g == ref}
+            if not sc:
+                per_task[t.id][s.label]["output"] = decode_text(tokenizer, g)
     return {"kind": "eval", "environment": environment(model), "config": asdict(config),
             "prompt_set": prompt_set.description, "max_new_tokens": max_new, "note": note, "rows": rows,
             "tasks": per_task,
