@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the preset "tiny" from scratch and ship it to $DEST (default models/trimode-tiny), about
-# 1.9 hours on 2 CPU cores (ar 25 min, joint 21, copy 26, sft 36, drafter 9):
+# 1.9 hours on 2 CPU cores (ar 25 min, joint 21, copy 26, sft 36, drafter 5):
 #   [DEST=dir] bash scripts/train_trimode_tiny.sh [RUN_DIR]
 # The shipped model was trained by this script (models/trimode-tiny/README.md has the commit).
 # Stages: ar -> joint -> copy -> sft -> drafter (preset "tiny"), each on 2 processes x 1 thread
@@ -25,7 +25,7 @@ stage() {  # stage NAME INIT [--set KEY=VALUE ...]; NAME is a trainer stage or c
 stage ar ""
 stage joint "$RUN/ar"
 # Copy phase: SFT on `repeat` alone. Copying from the prompt (induction) sits on a long plateau at
-# this size; with the task mix it had not formed after 900 SFT steps, with `repeat` alone it forms
+# this size; with the task mix it had not formed after 425 SFT steps, with `repeat` alone it forms
 # at ~250 steps. The mixed SFT that follows carries it over to the other families and brings
 # back what the copy phase forgot (code, json, enumerate).
 stage copy "$RUN/joint" --set steps=450 --set task_families=repeat --set code_replay=0
