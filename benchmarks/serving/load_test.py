@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"context {card.get('context_length')})"}
     tag = args.tag or model
     out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # a new --out-dir is created, not a traceback after the run
     write_results(out / f"results-{tag}.md", out / f"results-{tag}.json", command, info, cells, goals)
     print(f"wrote {out / f'results-{tag}.md'} and .json")
     return 0 if all(g["ok"] for g in goals) else 1

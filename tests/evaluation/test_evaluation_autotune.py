@@ -20,7 +20,8 @@ import torch
 import trimode.evaluation.autotune as autotune
 from helpers import quickly_trained_model, tiny_model
 from trimode.evaluation.autotune import (AcceptanceProfile, AutotuneConfig, auto_block_choice, auto_block_length,
-                                         calibrate, choose_block_length, last_choice, measure_forward_costs)
+                                         break_even_acceptance, calibrate, choose_block_length, last_choice,
+                                         measure_forward_costs, measured_break_even)
 
 CANDIDATES = [1, 2, 3, 4, 6, 8]
 QUICK = AutotuneConfig(candidates=(1, 2, 4), diffusion_candidates=(1, 2, 4), repeats=3, time_budget=0.2,
@@ -107,6 +108,24 @@ def test_bad_inputs_name_the_value():
         AutotuneConfig(candidates=(0, 2)).validate()
     with pytest.raises(ValueError, match=r"no candidate block length of \[16\]"):
         choose_block_length("linear-spec", AcceptanceProfile("linear-spec", 4, [1]), flat, [16])
+
+
+def test_break_even_acceptance_is_one_cycle_over_one_ar_forward():
+    # flat costs (GPU-like): linear-spec spends 2 forwards per cycle, quadratic-spec 1
+    assert break_even_acceptance("linear-spec", flat, 16) == 2.0
+    assert break_even_acceptance("quadratic-spec", flat, 16) == 1.0
+    # CPU-like: linear B=4 costs 2 * 1.75; quadratic B=4 is one forward of 4 + 16 tokens
+    assert break_even_acceptance("linear-spec", cpu_like, 4) == pytest.approx(3.5)
+    assert break_even_acceptance("quadratic-spec", cpu_like, 4) == pytest.approx(1.95)
+    with pytest.raises(ValueError, match="'diffusion'"):
+        break_even_acceptance("diffusion", flat, 4)
+    with pytest.raises(ValueError, match="block_length=1"):
+        measured_break_even(tiny_model(), "linear-spec", 1)
+
+
+def test_measured_break_even_exceeds_one_ar_forward():
+    # a linear cycle is a peek plus a write of B >= 1 tokens: always dearer than one AR forward
+    assert 1.0 < measured_break_even(tiny_model(), "linear-spec", 4, QUICK) < 100
 
 
 def test_measured_costs_are_positive_and_monotone():

@@ -118,6 +118,16 @@ def server(tiny_model_dir):
     live.stop()
 
 
+@pytest.fixture
+def fixed_floor_server(tiny_model_dir):
+    """A server whose auto acceptance floor is configured (3.25), not measured."""
+    from trimode.serving.config import AutoModeConfig
+
+    live = start_server(tiny_model_dir, auto=AutoModeConfig(acceptance_floor=3.25))
+    yield live
+    live.stop()
+
+
 @pytest.fixture(scope="session")
 def accepting_server(accepting_model_dir):
     live = start_server(accepting_model_dir)

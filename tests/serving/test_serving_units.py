@@ -123,6 +123,17 @@ def test_auto_visible_in_responses_and_metrics(server):
     assert server.metric("trimode_auto_rolling_acceptance") < 2.0
 
 
+def test_auto_floor_is_measured_at_start_unless_configured(server, fixed_floor_server):
+    # the shared server left the floor unset: it measured where linear-spec breaks even with AR
+    floor = server.server.scheduler.policy.acceptance_floor
+    assert server.server.config.auto.acceptance_floor == floor and 1.0 < floor < 100
+    assert server.metric("trimode_auto_acceptance_floor") == floor
+    assert fixed_floor_server.server.scheduler.policy.acceptance_floor == 3.25
+    assert fixed_floor_server.metric("trimode_auto_acceptance_floor") == 3.25
+    # without a server (no model to measure), the policy falls back to linear-spec's flat-cost floor
+    assert AutoPolicy(AutoModeConfig()).acceptance_floor == 2.0
+
+
 def test_auto_speculates_when_drafts_are_accepted(accepting_server):
     body = {"model": "tiny", "prompt": "x", "max_tokens": 12, "mode": "auto"}
     for _ in range(3):

@@ -378,16 +378,46 @@ def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneCon
 
 
 # ---------------------------------------------------------------- decision
+def cycle_forward_seconds(mode: str, cost: CostFn, block_length: int) -> float:
+    """Seconds of the forwards of one cycle: quadratic-spec one draft-and-verify forward,
+    linear-spec (B > 1) a draft peek plus a verify write, anything else one AR step."""
+    if mode == "quadratic-spec":
+        return cost("quadratic", block_length)
+    if mode == "linear-spec" and block_length > 1:
+        return cost("peek", block_length) + cost("write", block_length)
+    return cost("write", 1)
+
+
+def break_even_acceptance(mode: str, cost: CostFn, block_length: int) -> float:
+    """Tokens per cycle at which a speculative ``mode`` matches AR's tokens/s: one cycle's forwards
+    over one AR forward. Where a B-token forward costs what a 1-token one does (a GPU at small
+    batch) that is 2.0 for linear-spec; on a CPU, whose forward cost grows with B, it is higher."""
+    _check_speculative(mode, block_length)
+    return cycle_forward_seconds(mode, cost, block_length) / cost("write", 1)
+
+
+def _check_speculative(mode: str, block_length: int) -> None:
+    if mode not in ("linear-spec", "quadratic-spec"):
+        raise ValueError(f"mode={mode!r}: break-even acceptance is defined for linear-spec and quadratic-spec")
+    if block_length < 2:
+        raise ValueError(f"block_length={block_length} must be >= 2 for speculation to draft anything")
+
+
+def measured_break_even(model, mode: str, block_length: int, config: AutotuneConfig | None = None) -> float:
+    """:func:`break_even_acceptance` with forward costs measured on this machine (about a second)."""
+    _check_speculative(mode, block_length)
+    kinds = [("quadratic", block_length)] if mode == "quadratic-spec" else [("peek", block_length),
+                                                                            ("write", block_length)]
+    table = measure_forward_costs(model, sorted({("write", 1), *kinds}), config)
+    return break_even_acceptance(mode, lambda kind, k: table[(kind, k)], block_length)
+
+
 def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, candidates: list[int]) -> BlockChoice:
     """Pure decision: predicted tokens/s per candidate, argmax (ties: the smaller block)."""
     _check_mode(mode)
 
     def forwards(b: int) -> float:  # seconds of one cycle's forwards (speculative modes)
-        if mode == "quadratic-spec":
-            return cost("quadratic", b)
-        if mode == "linear-spec" and b > 1:
-            return cost("peek", b) + cost("write", b)
-        return cost("write", 1)
+        return cycle_forward_seconds(mode, cost, b)
 
     def diffusion_forwards(b: int) -> tuple[float, int]:  # (seconds of the forwards, their number)
         _, denoise, writes = profile.diffusion[b]

@@ -35,6 +35,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -82,6 +83,13 @@ class Server:
         self.threshold = mc.threshold if config.threshold == "model" else config.threshold
         self.created = int(time.time())
         self.metrics = Metrics()
+        if config.auto.acceptance_floor is None and self.block_length > 1:
+            # auto's floor: where speculation breaks even with AR on this machine (a forward of
+            # B tokens costs more than one of 1 token on a CPU, about the same on a GPU)
+            from ..evaluation.autotune import measured_break_even
+
+            floor = measured_break_even(self.model, config.auto.spec_mode, self.block_length)
+            config = self.config = replace(config, auto=replace(config.auto, acceptance_floor=round(floor, 2)))
         self.scheduler = Scheduler(self.model, config, self.metrics)
 
     # ------------------------------------------------------------ prompts
@@ -361,8 +369,8 @@ def create_app(config: ServerConfig, loaded: Loaded | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         server.scheduler.start()
-        log.info("serving %s (default mode %s, drafter %s)", server.name, config.mode,
-                 "on" if server.has_drafter else "off")
+        log.info("serving %s (default mode %s, drafter %s, auto acceptance floor %.2f)", server.name, config.mode,
+                 "on" if server.has_drafter else "off", server.scheduler.policy.acceptance_floor)
         try:
             yield
         finally:

@@ -11,7 +11,8 @@ when drafts stop being accepted (speculation then spends forwards for nothing).
    seconds after that -> AR (``recent_load``): the first request of a burst sees a
    short queue, and a speculative batch started then would hold the burst behind it;
 2. rolling mean acceptance length of the speculative mode under
-   ``acceptance_floor`` -> AR (``low_acceptance``), except a periodic
+   ``acceptance_floor`` (the server measures it at start as the break-even with AR
+   on its machine; :data:`UNMEASURED_FLOOR` without one) -> AR (``low_acceptance``), except a periodic
    ``probe`` that speculates so the rolling value keeps tracking the traffic.
    Probes start every ``probe_every`` such decisions and back off (the
    interval doubles up to ``max_probe_every``) while acceptance stays low, so
@@ -38,9 +39,16 @@ class AutoDecision:
     reason: str  # low_load | queue_depth | recent_load | low_acceptance | probe
 
 
+# The floor when none was measured (a policy built without a model): linear speculation spends
+# 2 forwards per cycle, so below 2 tokens per cycle it loses to AR even where forwards of any
+# width cost the same.
+UNMEASURED_FLOOR = 2.0
+
+
 class AutoPolicy:
     def __init__(self, config: AutoModeConfig):
         self.config = config.validate()
+        self.acceptance_floor = UNMEASURED_FLOOR if config.acceptance_floor is None else config.acceptance_floor
         self._acceptance: deque[int] = deque(maxlen=config.window)  # tokens per verification cycle
         self._since_probe = 0  # low-acceptance decisions since the last probe
         self._probe_interval = config.probe_every
@@ -71,7 +79,7 @@ class AutoPolicy:
         if self._last_high_load is not None and now - self._last_high_load < cfg.load_cooldown:
             return AutoDecision("ar", "recent_load")
         acceptance = self.rolling_acceptance
-        if acceptance is not None and acceptance < cfg.acceptance_floor:
+        if acceptance is not None and acceptance < self.acceptance_floor:
             self._since_probe += 1
             if self._since_probe >= self._probe_interval:
                 self._since_probe = 0

@@ -31,9 +31,12 @@ class AutoModeConfig:
     """Seconds after load last exceeded ``max_load_for_spec`` during which auto stays on AR. The
     first request of a burst sees a short queue; a speculative batch started then would hold the
     rest of the burst behind it (batches run to completion), so auto remembers recent load."""
-    acceptance_floor: float = 2.0
+    acceptance_floor: float | None = None
     """Mean tokens per verification cycle (bonus token included) below which auto falls back to AR.
-    Linear speculation spends 2 forwards per cycle, so below 2.0 it does worse than AR per forward."""
+    None: measured when the server starts, as the break-even of the speculative mode at the
+    server's block length on this machine (one cycle's forwards over one AR forward; see
+    :func:`trimode.evaluation.autotune.break_even_acceptance`). That is about 2 for linear-spec
+    where a B-token forward costs what a 1-token one does, and about 4 on a 2-core CPU at B=16."""
     window: int = 64
     """Verification cycles kept in the rolling acceptance."""
     min_samples: int = 8
@@ -57,8 +60,10 @@ class AutoModeConfig:
         if isinstance(self.load_cooldown, bool) or not isinstance(self.load_cooldown, (int, float)) \
                 or not self.load_cooldown >= 0:
             raise ValueError(f"auto load_cooldown={self.load_cooldown!r} must be a number of seconds >= 0")
-        if not isinstance(self.acceptance_floor, (int, float)) or not self.acceptance_floor >= 0:
-            raise ValueError(f"auto acceptance_floor={self.acceptance_floor!r} must be a number >= 0")
+        if self.acceptance_floor is not None and (not isinstance(self.acceptance_floor, (int, float))
+                                                  or not self.acceptance_floor >= 0):
+            raise ValueError(f"auto acceptance_floor={self.acceptance_floor!r} must be a number >= 0, "
+                             "or None (measured at server start)")
         if self.max_probe_every < self.probe_every:
             raise ValueError(f"auto max_probe_every={self.max_probe_every} must be >= probe_every={self.probe_every}")
         if self.min_samples > self.window:

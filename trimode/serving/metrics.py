@@ -53,6 +53,8 @@ class Metrics:
         self.rolling_acceptance = Gauge("trimode_auto_rolling_acceptance", "Rolling mean acceptance length of "
                                         "the speculative mode auto uses (NaN until measured)", registry=r)
         self.rolling_acceptance.set(float("nan"))
+        self.acceptance_floor = Gauge("trimode_auto_acceptance_floor", "Rolling acceptance below which auto "
+                                      "runs AR (measured at start unless configured)", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -153,6 +153,7 @@ class Scheduler:
         self.config = config
         self.metrics = metrics
         self.policy = AutoPolicy(config.auto)
+        metrics.acceptance_floor.set(self.policy.acceptance_floor)
         self.eos_ids = frozenset(model.config.eos_token_ids)
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
