@@ -72,7 +72,7 @@ def register(sub) -> None:
     g.add_argument("--auto-acceptance-floor", type=non_negative_float, default=a.acceptance_floor, metavar="TOKENS",
                    help="fall back to AR when the rolling mean acceptance length (tokens per verification "
                         "cycle) is below this (default: measured at start, where speculation breaks even with "
-                        "AR on this machine; about 2 on a GPU, about 4 on a 2-core CPU at block 16)")
+                        "AR on this machine: about 2 on a GPU, 3.6 for the shipped model on 2 CPU cores)")
     g.add_argument("--auto-window", type=positive_int, default=a.window,
                    help="verification cycles in the rolling acceptance (default: %(default)s)")
     g.add_argument("--auto-probe-every", type=positive_int, default=a.probe_every,

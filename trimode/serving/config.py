@@ -36,7 +36,8 @@ class AutoModeConfig:
     None: measured when the server starts, as the break-even of the speculative mode at the
     server's block length on this machine (one cycle's forwards over one AR forward; see
     :func:`trimode.evaluation.autotune.break_even_acceptance`). That is about 2 for linear-spec
-    where a B-token forward costs what a 1-token one does, and about 4 on a 2-core CPU at B=16."""
+    where a B-token forward costs what a 1-token one does; 3.6 for the shipped model at B=16 on the
+    2-core CPU of the project."""
     window: int = 64
     """Verification cycles kept in the rolling acceptance."""
     min_samples: int = 8
