@@ -31,3 +31,15 @@ def test_shipped_speculative_modes_equal_ar_greedy(shipped):
         for block in (4, 16):
             out, _ = model.decode_mode(mode, prompts, max_new_tokens=40, block_length=block)
             assert torch.equal(out, ref), (mode, block)
+
+
+def test_demo_finishes_and_solves_its_task(capsys):
+    """The README's main command: every mode gets room for the whole answer, and the shipped model's
+    AR answer (so both lossless speculative modes' too) is right."""
+    from trimode.cli import main
+
+    assert main(["demo"]) == 0
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("task ")]
+    correct = {row[1]: row[-1] for row in table}
+    assert set(correct) == {"ar", "diffusion", "linear-spec", "quadratic-spec"}
+    assert correct["ar"] == correct["linear-spec"] == correct["quadratic-spec"] == "yes"
