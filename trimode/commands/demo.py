@@ -14,6 +14,7 @@ import torch
 
 from .common import MODE_CHOICES, add_model_argument, positive_int, stats_table
 
+CODE_TOKENS = 96  # new tokens of the code prompt
 COLUMNS = [("prompt", "prompt"), ("mode", "mode"), ("tokens", "tokens"), ("nfe", "nfe"), ("tpf", "TPF"),
            ("acceptance", "accept len"), ("tokens_per_s", "tok/s"), ("correct", "correct")]
 
@@ -23,8 +24,8 @@ def register(sub) -> None:
                        description=__doc__.splitlines()[0])
     add_model_argument(p)
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
-                   help="new tokens per prompt (default: 96 for the code prompt; for the task, its answer's "
-                        "length + 16, so every mode can finish it)")
+                   help=f"new tokens per prompt (default: {CODE_TOKENS} for the code prompt; for the task, its "
+                        "answer (EOS included) + 16, so every mode can finish it)")
     p.add_argument("--block-length", type=positive_int, default=None, help="default: the model's config")
     p.add_argument("--code-chars", type=positive_int, default=300, help="characters of code used as prompt")
     p.set_defaults(func=run)
@@ -44,15 +45,9 @@ def demo_prompts(tokenizer, code_chars: int, families: list[str] | None = None) 
     return [(f"code ({relpath})", code_ids, None), (f"task ({task.family})", task_ids, task)]
 
 
-def default_tokens(tokenizer, task) -> int:
-    """96 for code; a task's answer (EOS included) plus a margin of 16, as ``trimode eval`` does."""
-    if task is None:
-        return 96
-    return len(tokenizer.encode(task.answer, add_special_tokens=False, split_special_tokens=True)) + 17
-
-
 def run(args: argparse.Namespace) -> int:
     from ..data.tasks import score
+    from ..evaluation.accuracy import answer_budget
     from ..evaluation.prompts import trained_families
     from ..loading import load
 
@@ -67,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     for name, ids, task in demo_prompts(tok, args.code_chars, trained_families(model.config)):
         print(f"##### {name}\n{tok.decode(ids)}")
         for mode in MODE_CHOICES:
-            kwargs = dict(max_new_tokens=args.max_new_tokens or default_tokens(tok, task), return_stats=True)
+            # code: a fixed length; the task: room for its whole answer in every mode, as in eval
+            default = CODE_TOKENS if task is None else answer_budget(tok, task)
+            kwargs = dict(max_new_tokens=args.max_new_tokens or default, return_stats=True)
             if args.block_length:
                 kwargs["block_length"] = args.block_length
             out, nfe, stats = model.decode_mode(mode, [ids], **kwargs)

@@ -105,6 +105,15 @@ def decode_text(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+ANSWER_MARGIN = 16
+"""New tokens allowed past a task's answer and its EOS (room, never a hint: models do not see answers)."""
+
+
+def answer_budget(tokenizer, task) -> int:
+    """New tokens that let any mode finish ``task``: its answer, EOS, and :data:`ANSWER_MARGIN`."""
+    return len(tokenizer.encode(task.answer, add_special_tokens=False, split_special_tokens=True)) + 1 + ANSWER_MARGIN
+
+
 def score_rows(tokenizer, tasks, generated: list[list[int]]) -> list[float]:
     """Exact-match score (1.0 / 0.0) of each row's generated ids against its task."""
     from ..data.tasks import score
@@ -140,11 +149,10 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
     room = model.config.max_position_embeddings - longest
     note = ""
     if config.max_new_tokens is None:
-        max_new = max(len(tokenizer.encode(t.answer, add_special_tokens=False, split_special_tokens=True))
-                      for t in tasks) + 17
+        max_new = max(answer_budget(tokenizer, t) for t in tasks)
         if max_new > room:  # a short-context model: use what fits, and say so in the report
             note = (f"max_new_tokens capped at {room} by the model's context of "
-                    f"{model.config.max_position_embeddings} tokens (longest answer needs {max_new - 16})")
+                    f"{model.config.max_position_embeddings} tokens (longest answer needs {max_new - ANSWER_MARGIN})")
             max_new = room
     else:
         max_new = config.max_new_tokens

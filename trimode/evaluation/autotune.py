@@ -83,6 +83,7 @@ from ..cache import KVCache
 from ..masks import block_pattern, quadratic_pattern
 
 MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
+SPECULATIVE_MODES = ("linear-spec", "quadratic-spec")
 CostFn = Callable[[str, int], float]
 _CACHE_ATTR = "_trimode_autotune"
 
@@ -397,8 +398,8 @@ def break_even_acceptance(mode: str, cost: CostFn, block_length: int) -> float:
 
 
 def _check_speculative(mode: str, block_length: int) -> None:
-    if mode not in ("linear-spec", "quadratic-spec"):
-        raise ValueError(f"mode={mode!r}: break-even acceptance is defined for linear-spec and quadratic-spec")
+    if mode not in SPECULATIVE_MODES:
+        raise ValueError(f"mode={mode!r}: break-even acceptance is defined for {' and '.join(SPECULATIVE_MODES)}")
     if block_length < 2:
         raise ValueError(f"block_length={block_length} must be >= 2 for speculation to draft anything")
 
