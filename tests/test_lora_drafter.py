@@ -27,6 +27,21 @@ def test_adapter_only_in_draft_forwards(tmp_path):
     assert not torch.allclose(inner(ids, use_drafter=True).logits, base(ids).logits)
 
 
+def test_adapter_gated_per_position(tmp_path):
+    """A bool gate turns the adapter on at some positions only (quadratic-spec's mask
+    groups): positions before the first gated one compute exactly the base model."""
+    base, peft = _with_saved_adapter(tmp_path)
+    inner = peft.model
+    ids = torch.randint(4, 48, (2, 8))
+    gate = torch.arange(8) >= 5
+    ref, gated = base(ids).logits, inner(ids, use_drafter=gate).logits
+    assert torch.equal(gated[:, :5], ref[:, :5])  # causal: they never see a gated position
+    assert not torch.allclose(gated[:, 5:], ref[:, 5:])
+    per_row = inner(ids, use_drafter=gate.expand(2, 8)).logits  # (B, Q) gate: same thing
+    assert torch.equal(per_row, gated)
+    assert torch.equal(inner(ids).logits, ref)  # the gate does not outlive its forward
+
+
 def test_adapter_changes_drafts_not_output(tmp_path):
     base, peft = _with_saved_adapter(tmp_path)
     prompts = random_prompts(torch.Generator().manual_seed(0), 3)
@@ -36,6 +51,8 @@ def test_adapter_changes_drafts_not_output(tmp_path):
         with_lora, _, s1 = getattr(peft.model, method)(prompts, **kw)
         without, _, s0 = getattr(base, method)(prompts, **kw)
         assert torch.equal(with_lora, ref) and torch.equal(without, ref)
+        # Both modes draft with the adapter: other drafts, so other acceptance lengths.
+        assert s1.acceptance_lengths != s0.acceptance_lengths, method
     # The drafter's proposals differ with the adapter, on the same prefix.
     assert _draft_tokens(peft.model, prompts) != _draft_tokens(base, prompts)
     out, _ = peft.model.ar_generate(prompts, max_new_tokens=17, eos_token_id=[])

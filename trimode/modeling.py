@@ -230,8 +230,14 @@ class TrimodePreTrainedModel(PreTrainedModel):
             module.inv_freq = fresh.inv_freq.to(module.inv_freq.device)
 
 
-def set_drafter_active(model: nn.Module, active: bool) -> None:
+def set_drafter_active(model: nn.Module, active: bool | torch.Tensor) -> None:
     """Switch every PEFT adapter layer inside ``model`` on (draft forwards) or off (all others).
+
+    ``active`` may also be a bool tensor over the forward's tokens, (B, Q) or (Q,): the
+    adapter then acts only at the True positions (quadratic-spec's mask groups). Every
+    other position computes exactly what the adapter-free model computes: its LoRA update
+    is multiplied by zero before it is added, and positions only see each other through
+    attention, so verification there stays lossless.
 
     A no-op when PEFT is not loaded or the model carries no adapter. Adapters are
     found per call (PEFT injects them after construction); it costs microseconds.
@@ -240,9 +246,31 @@ def set_drafter_active(model: nn.Module, active: bool) -> None:
         return
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    gate = active if isinstance(active, torch.Tensor) else None
+    on = gate is not None or bool(active)
     for module in model.modules():
-        if isinstance(module, BaseTunerLayer) and module.disable_adapters == active:
-            module.enable_adapters(active)
+        if isinstance(module, BaseTunerLayer):
+            if module.disable_adapters == on:
+                module.enable_adapters(on)
+            for down in getattr(module, "lora_A", {}).values():
+                _set_lora_gate(down, gate)
+
+
+def _set_lora_gate(down: nn.Module, gate: torch.Tensor | None) -> None:
+    """Gate a LoRA down-projection's output per position (None: ungated). The hook is
+    registered the first time a gate is set, and does nothing while the gate is None."""
+    if not hasattr(down, "_trimode_gate"):
+        if gate is None:
+            return
+        down.register_forward_hook(_apply_lora_gate)
+    down._trimode_gate = gate
+
+
+def _apply_lora_gate(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+    gate = module._trimode_gate  # (B, Q) or (Q,) bool
+    if gate is None:
+        return None
+    return output * gate.expand(output.shape[:-1]).unsqueeze(-1).to(output.dtype)  # (B, Q, r)
 
 
 class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
@@ -286,7 +314,7 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         past_key_values: KVCache | None = None,
         cache_write: bool = True,
-        use_drafter: bool = False,
+        use_drafter: bool | torch.Tensor = False,
         logits_to_keep: int | torch.Tensor = 0,
         labels: torch.LongTensor | None = None,
         **unused,
@@ -305,7 +333,9 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
             past_key_values: a :class:`KVCache`. The new keys/values are placed after each
                 row's prefix; ``cache_write=True`` commits them (write forward),
                 ``False`` leaves the prefix as it was (peek forward).
-            use_drafter: run with the LoRA drafter adapter on (draft forwards only).
+            use_drafter: run with the LoRA drafter adapter on (draft forwards only); a bool
+                (B, Q) or (Q,) tensor turns it on at those positions only (see
+                :func:`set_drafter_active`).
             logits_to_keep: 0 = logits at every position; n > 0 = the last n positions;
                 a (B, n) LongTensor = those positions of each row.
             labels: (B, Q) next-token targets for a plain AR loss (-100 = ignore).

@@ -76,9 +76,12 @@ class Runner:
 
     # ---------------------------------------------------------------- forwards
     def forward(self, tokens: torch.Tensor, *, positions: torch.Tensor | None = None,
-                pattern: torch.Tensor | None = None, write: bool = True, drafter: bool = False,
+                pattern: torch.Tensor | None = None, write: bool = True, drafter: bool | torch.Tensor = False,
                 keep: int | torch.Tensor = 0) -> torch.Tensor:
-        """Run the model once on ``tokens`` (B, Q) and return logits. The only counted forward."""
+        """Run the model once on ``tokens`` (B, Q) and return logits. The only counted forward.
+
+        ``drafter``: the LoRA drafter off, on, or on at the True positions of a (Q,) or (B, Q)
+        bool tensor."""
         start = time.perf_counter()
         out = self.model(tokens, position_ids=positions, attention_mask=pattern, past_key_values=self.cache,
                          cache_write=write, use_drafter=drafter, logits_to_keep=keep)

@@ -12,7 +12,8 @@ Every mode starts from a *pending* token: emitted, keys not yet cached.
   then one causal write forward verifies the drafts; 2 forwards per cycle.
 - :class:`QuadraticSpeculation`: draft and verify fused in one forward per
   cycle (TiDAR style); drafts for the next cycle come from the mask group that
-  assumed exactly the prefix that got accepted.
+  assumed exactly the prefix that got accepted. The LoRA drafter, if loaded,
+  acts on the mask groups only, so the verified tokens see the base model.
 
 Both speculative modes accept with :func:`speculative_accept`, so at T=0 they
 emit the AR argmax given the true prefix (token-identical to AR), and at T>0
@@ -190,7 +191,8 @@ class QuadraticSpeculation:
                                lengths[:, None] + ar], 1)
         pattern = torch.stack([quadratic_pattern(width, [int(l) - 1], n, device=run.device) for l in lengths])
         keep = torch.cat([(lengths - 1)[:, None], width + ar.expand(run.batch, n)], 1)
-        logits = run.forward(tokens, positions=positions, pattern=pattern, write=False, keep=keep)
+        drafting = torch.arange(width + n, device=run.device) >= width  # (width + n,): the mask group
+        logits = run.forward(tokens, positions=positions, pattern=pattern, write=False, keep=keep, drafter=drafting)
         run.cache.advance(lengths)  # commit each row's real prompt tokens
         first, _ = run.choose(logits[:, 0])
         self.drafts, self.draft_probs = run.choose(logits[:, 2:])  # masks 1..n-1: after the first token
@@ -208,7 +210,9 @@ class QuadraticSpeculation:
         group_pos = (ar[:, None] + 1 + ar[None, :]).reshape(-1)  # group g, slot m -> g + 1 + m
         positions = torch.cat([base + ar, base + group_pos], 1)
         pattern = quadratic_pattern(n, list(range(n)), n, device=dev)
-        logits = run.forward(torch.cat([chain, groups], 1), positions=positions, pattern=pattern, write=False)
+        drafting = torch.arange(n + n * n, device=dev) >= n  # the drafter acts on the mask groups only
+        logits = run.forward(torch.cat([chain, groups], 1), positions=positions, pattern=pattern, write=False,
+                             drafter=drafting)
         p = probabilities(logits[:, :n], run.request.sampling)  # (B, n, V): AR targets
         group_tokens, group_probs = run.choose(logits[:, n:].reshape(B, n, n, -1))  # (B, n, n)
         commit = torch.zeros(B, dtype=torch.long, device=dev)
