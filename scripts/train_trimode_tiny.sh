@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the preset "tiny" from scratch and ship it to $DEST (default models/trimode-tiny), about
-# 1.9 hours on 2 CPU cores (ar 25 min, joint 21, copy 26, sft 36, drafter 5):
+# 1.9 hours on 2 CPU cores (ar 25 min, joint 21, copy 26, sft 36, drafter 9):
 #   [DEST=dir] bash scripts/train_trimode_tiny.sh [RUN_DIR]
 # The shipped model was trained by this script (models/trimode-tiny/README.md has the commit).
 # Stages: ar -> joint -> copy -> sft -> drafter (preset "tiny"), each on 2 processes x 1 thread

@@ -75,8 +75,10 @@ def test_wsd_schedule():
 
 
 def test_lora_shape_scales_published_ratio():
-    cfg = preset_config("tiny", "drafter").drafter
+    cfg = preset_config("debug", "drafter").drafter  # rank and alpha left to the default
+    assert cfg.r is None and cfg.alpha is None
     assert lora_shape(cfg, 4096) == (128, 512) and lora_shape(cfg, 256) == (8, 32)
+    assert lora_shape(preset_config("tiny", "drafter").drafter, 256) == (32, 128)  # alpha follows r: 4r
     cfg.r, cfg.alpha = 12, 7
     assert lora_shape(cfg, 256) == (12, 7)
 

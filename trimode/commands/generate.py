@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
                      "acceptance": stats.mean_acceptance, "tokens_per_s": stats.tokens_per_second})
     print(stats_table(rows, STAT_COLUMNS))
     if loaded.has_drafter:
-        print("(linear-spec drafts with the LoRA drafter; verification never uses it)")
+        print("(linear-spec and quadratic-spec draft with the LoRA drafter; verification never uses it)")
     return 0
 

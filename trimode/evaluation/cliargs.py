@@ -27,8 +27,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the prompt sets (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-drafter", action="store_true",
-                   help="leave the LoRA drafter (linear_spec_lora/) unloaded: linear-spec drafts with the base "
-                        "model, to measure what the drafter adds")
+                   help="leave the LoRA drafter (linear_spec_lora/) unloaded: both speculative modes draft "
+                        "with the base model, to measure what the drafter adds")
 
 
 def apply_options(config, args: argparse.Namespace, names: tuple[str, ...]):
