@@ -1,5 +1,6 @@
 """The PEFT LoRA drafter: active only in draft forwards; changes drafts, never the emitted tokens."""
 
+import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -40,6 +41,8 @@ def test_adapter_gated_per_position(tmp_path):
     per_row = inner(ids, use_drafter=gate.expand(2, 8)).logits  # (B, Q) gate: same thing
     assert torch.equal(per_row, gated)
     assert torch.equal(inner(ids).logits, ref)  # the gate does not outlive its forward
+    with pytest.raises(ValueError, match=r"shape \(8,\) or \(2, 8\)"):
+        inner(ids, use_drafter=torch.ones(7, dtype=torch.bool))
 
 
 def test_adapter_changes_drafts_not_output(tmp_path):

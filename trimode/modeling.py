@@ -234,10 +234,10 @@ def set_drafter_active(model: nn.Module, active: bool | torch.Tensor) -> None:
     """Switch every PEFT adapter layer inside ``model`` on (draft forwards) or off (all others).
 
     ``active`` may also be a bool tensor over the forward's tokens, (B, Q) or (Q,): the
-    adapter then acts only at the True positions (quadratic-spec's mask groups). Every
-    other position computes exactly what the adapter-free model computes: its LoRA update
-    is multiplied by zero before it is added, and positions only see each other through
-    attention, so verification there stays lossless.
+    adapter then acts only at the True positions (quadratic-spec's mask groups). At the
+    other positions the LoRA update is multiplied by zero before it is added, so a position
+    that attends to no gated one (quadratic-spec's verified chain never attends to its mask
+    groups) gets exactly the adapter-free model's logits and keys/values: lossless.
 
     A no-op when PEFT is not loaded or the model carries no adapter. Adapters are
     found per call (PEFT injects them after construction); it costs microseconds.
@@ -353,6 +353,10 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
             position_ids = offset + torch.arange(Q, device=input_ids.device)[None, :].expand(B, Q)
         mask = self._build_mask(attention_mask, cache, B, Q, input_ids.device)
 
+        if isinstance(use_drafter, torch.Tensor) and (
+                use_drafter.dtype != torch.bool or use_drafter.shape not in ((Q,), (B, Q))):
+            raise ValueError(f"use_drafter must be a bool or a bool tensor of shape ({Q},) or ({B}, {Q}), "
+                             f"got {use_drafter.dtype} {tuple(use_drafter.shape)}")
         set_drafter_active(self, use_drafter)
         hidden = self.encoder(input_ids, position_ids, mask, cache)  # (B, Q, hidden)
         if cache is not None and cache_write:
