@@ -407,18 +407,13 @@ def _check_speculative(mode: str, block_length: int) -> None:
 def measured_break_even(model, mode: str, block_length: int, config: AutotuneConfig | None = None) -> float:
     """:func:`break_even_acceptance` with forward costs measured on this machine (about a second)."""
     _check_speculative(mode, block_length)
-    kinds = [("quadratic", block_length)] if mode == "quadratic-spec" else [("peek", block_length),
-                                                                            ("write", block_length)]
-    table = measure_forward_costs(model, sorted({("write", 1), *kinds}), config)
+    table = measure_forward_costs(model, _needs(mode, [block_length]), config)
     return break_even_acceptance(mode, lambda kind, k: table[(kind, k)], block_length)
 
 
 def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, candidates: list[int]) -> BlockChoice:
     """Pure decision: predicted tokens/s per candidate, argmax (ties: the smaller block)."""
     _check_mode(mode)
-
-    def forwards(b: int) -> float:  # seconds of one cycle's forwards (speculative modes)
-        return cycle_forward_seconds(mode, cost, b)
 
     def diffusion_forwards(b: int) -> tuple[float, int]:  # (seconds of the forwards, their number)
         _, denoise, writes = profile.diffusion[b]
@@ -436,7 +431,7 @@ def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, can
             seconds, count = diffusion_forwards(profile.block_length)
             overhead = max(0.0, min(profile.cycle_seconds) - seconds / max(1, count))
         elif mode != "diffusion":
-            overhead = max(0.0, min(profile.cycle_seconds) - forwards(profile.block_length))
+            overhead = max(0.0, min(profile.cycle_seconds) - cycle_forward_seconds(mode, cost, profile.block_length))
     ar_rate = 1.0 / ar_step
     rows = []
     for b in sorted(candidates):
@@ -458,7 +453,7 @@ def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, can
             if mode in ("linear-spec", "quadratic-spec") and b > profile.block_length:
                 continue
             per_cycle = profile.tokens_per_cycle(b) if mode != "ar" else 1.0
-            spc = forwards(b) + overhead
+            spc = cycle_forward_seconds(mode, cost, b) + overhead
             rate = per_cycle / spc
         rows.append({"block_length": b, "tokens_per_cycle": per_cycle, "seconds_per_cycle": spc,
                      "tokens_per_s": rate, "speedup_vs_ar": rate / ar_rate})
