@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-MODE_CHOICES = ["ar", "diffusion", "linear-spec", "quadratic-spec"]
+from ..generation.modes import MODE_NAMES
+
+MODE_CHOICES = list(MODE_NAMES)
 
 
 def _number(text: str, kind: type, minimum, what: str):

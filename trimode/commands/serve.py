@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..generation.modes import SPECULATIVE_MODES
 from .common import (MODE_CHOICES, add_model_argument, non_negative_float, non_negative_int, positive_int,
                      threshold_value)
 
@@ -63,7 +64,7 @@ def register(sub) -> None:
     p.add_argument("--log-level", default=d.log_level,
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
     g = p.add_argument_group("auto mode", "how `mode: auto` chooses between self-speculation and AR")
-    g.add_argument("--auto-spec-mode", choices=["linear-spec", "quadratic-spec"], default=a.spec_mode,
+    g.add_argument("--auto-spec-mode", choices=SPECULATIVE_MODES, default=a.spec_mode,
                    help="speculative mode auto uses (default: %(default)s)")
     g.add_argument("--auto-max-load", type=non_negative_int, default=a.max_load_for_spec,
                    help="speculate only while at most this many requests wait (default: %(default)s)")

@@ -30,11 +30,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+from ..generation.modes import MODE_NAMES as MODES
 from .environment import environment
 from .metrics import RunRecord, identical_share, summarize, timed_decode
 from .prompts import task_prompt_set, trained_families
 
-MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
 
 
 @dataclass

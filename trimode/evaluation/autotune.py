@@ -80,10 +80,9 @@ from typing import Callable
 import torch
 
 from ..cache import KVCache
+from ..generation.modes import MODE_NAMES as MODES, SPECULATIVE_MODES
 from ..masks import block_pattern, quadratic_pattern
 
-MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
-SPECULATIVE_MODES = ("linear-spec", "quadratic-spec")
 CostFn = Callable[[str, int], float]
 _CACHE_ATTR = "_trimode_autotune"
 
@@ -359,7 +358,7 @@ def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneCon
                 tokens += sum(st.acceptance_lengths)
                 denoise, writes = denoise + decode_nfe - w, writes + w
             profile.diffusion[b] = (tokens, denoise, writes)
-    elif mode in ("linear-spec", "quadratic-spec"):
+    elif mode in SPECULATIVE_MODES:
         b_cal = max(blocks)
         profile = AcceptanceProfile(mode, b_cal, source=source)
         for p in prompts:
@@ -450,7 +449,7 @@ def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, can
             per_cycle, spc = tokens / blocks, seconds / blocks
             rate = tokens / seconds if seconds > 0 else 0.0
         else:
-            if mode in ("linear-spec", "quadratic-spec") and b > profile.block_length:
+            if mode in SPECULATIVE_MODES and b > profile.block_length:
                 continue
             per_cycle = profile.tokens_per_cycle(b) if mode != "ar" else 1.0
             spc = cycle_forward_seconds(mode, cost, b) + overhead

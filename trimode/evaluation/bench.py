@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..generation.modes import MODE_NAMES as MODES, SPECULATIVE_MODES as SPEC_MODES
 from .accuracy import Setting, score_rows
 from .autotune import AutotuneConfig, auto_block_choice, calibrate, forward_costs
 from .environment import environment
@@ -43,8 +44,6 @@ from .metrics import RunRecord, identical_share, ratio, summarize
 from .prompts import PROMPT_SETS, PromptSet, build_prompt_set, trained_families
 from .sol import speed_of_light
 
-MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
-SPEC_MODES = ("linear-spec", "quadratic-spec")
 
 
 @dataclass

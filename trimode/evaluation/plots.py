@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..generation.modes import SPECULATIVE_MODES
+
 COLORS = {"ar": "black", "diffusion": "tab:orange", "linear-spec": "tab:blue", "quadratic-spec": "tab:green",
           "sol": "tab:red", "transformers": "tab:gray"}
 
@@ -46,7 +48,7 @@ def bench_plots(result: dict, out_dir: Path) -> dict[str, Path]:
 def _acceptance(result: dict, out_dir: Path) -> Path | None:
     table = next((t for t in result.get("main", []) if t["batch_size"] == 1 and t["prompt_set"] == "tasks"),
                  next((t for t in result.get("main", []) if t["batch_size"] == 1), None))
-    rows = [r for r in (table or {}).get("rows", []) if r["mode"] in ("linear-spec", "quadratic-spec")
+    rows = [r for r in (table or {}).get("rows", []) if r["mode"] in SPECULATIVE_MODES
             and "error" not in r]
     if not rows:
         return None
@@ -100,7 +102,7 @@ def _blocks(result: dict, out_dir: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode in ("diffusion", "linear-spec", "quadratic-spec"):
+    for mode in ("diffusion",) + SPECULATIVE_MODES:
         rows = [r for r in bs["rows"] if r["mode"] == mode and "error" not in r]
         if rows:
             a1.plot([r["block_length"] for r in rows], [r["tpf"] for r in rows], "o-", color=COLORS[mode], label=mode)

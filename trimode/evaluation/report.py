@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..generation.modes import SPECULATIVE_MODES
 from .environment import environment_markdown
 
 
@@ -112,7 +113,7 @@ def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[st
             md += ["", f"Warning: on {table['baseline_mismatches']} prompt(s) transformers' greedy tokens differ "
                    "from trimode AR's (near-tie argmax flips between the two numerics)."]
         hist = [f"`{r['engine']}`: {r['acceptance_histogram']}" for r in table["rows"]
-                if r["mode"] in ("linear-spec", "quadratic-spec") and "error" not in r]
+                if r["mode"] in SPECULATIVE_MODES and "error" not in r]
         if hist:
             md += ["", "Acceptance-length histograms (length: cycles): " + "; ".join(hist)]
         md += [""]

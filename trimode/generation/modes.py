@@ -237,3 +237,7 @@ MODES = {
     "linear-spec": LinearSpeculation,
     "quadratic-spec": QuadraticSpeculation,
 }
+MODE_NAMES = tuple(MODES)
+"""The decoding modes' names, in the order reports and the CLI list them."""
+SPECULATIVE_MODES = ("linear-spec", "quadratic-spec")
+"""The modes that draft and verify with the AR pathway (lossless at temperature 0)."""

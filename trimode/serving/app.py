@@ -44,7 +44,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..loading import Loaded, load
-from .config import ServerConfig
+from .config import REQUEST_MODES, ServerConfig
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import (APIError, ChatCompletionRequest, CompletionRequest, ErrorResponse, error_body,
                        unsupported, validation_error)
@@ -449,7 +449,7 @@ def create_app(config: ServerConfig, loaded: Loaded | None = None) -> FastAPI:
 def _model_card(server: Server) -> dict:
     return {"id": server.name, "object": "model", "created": server.created, "owned_by": "trimode",
             "context_length": server.context, "default_mode": server.config.mode,
-            "modes": ["auto", "ar", "diffusion", "linear-spec", "quadratic-spec"],
+            "modes": list(REQUEST_MODES),
             "has_drafter": server.has_drafter}
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-SERVED_MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
-"""The engine's decoding modes (``trimode.generation.modes.MODES``)."""
+from ..generation.modes import MODE_NAMES as SERVED_MODES, SPECULATIVE_MODES
+
 REQUEST_MODES = ("auto",) + SERVED_MODES
 """What a request (or ``--mode``) may ask for: a mode, or ``auto`` (chosen per batch by load and acceptance)."""
-SPECULATIVE_MODES = ("linear-spec", "quadratic-spec")
 
 
 @dataclass
