@@ -9,6 +9,7 @@ import pytest
 from evaluation_stubs import host
 from helpers import StubModel, tiny_model
 from trimode.cli import main
+from trimode.data.tasks import normalize_output
 from trimode.evaluation.bench import quick_config, run_bench
 from trimode.evaluation.prompts import PromptSet
 
@@ -96,6 +97,7 @@ def test_eval_quick_end_to_end(model_dir, tmp_path):
     assert len(tasks) == 6 and all(t["answer"] for t in tasks)
     # a wrong answer keeps its text; a right one does not repeat the expected answer
     assert all(("output" in t[s]) != t[s]["correct"] for t in tasks for s in labels)
+    assert all(normalize_output(t[s]["output"]) != t["answer"] for t in tasks for s in labels if "output" in t[s])
     assert sum(t["ar"]["correct"] for t in tasks) == rows["ar"]["correct"]
     md = (out / "eval.md").read_text()
     assert md.startswith("# trimode eval: ") and "| commit |" in md and _reruns_as(md, argv)

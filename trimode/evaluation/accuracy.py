@@ -114,11 +114,16 @@ def answer_budget(tokenizer, task) -> int:
     return len(tokenizer.encode(task.answer, add_special_tokens=False, split_special_tokens=True)) + 1 + ANSWER_MARGIN
 
 
-def score_rows(tokenizer, tasks, generated: list[list[int]]) -> list[float]:
-    """Exact-match score (1.0 / 0.0) of each row's generated ids against its task."""
+def score_texts(tasks, texts: list[str]) -> list[float]:
+    """Exact-match score (1.0 / 0.0) of each row's decoded text against its task."""
     from ..data.tasks import score
 
-    return [score(t, decode_text(tokenizer, g)) for t, g in zip(tasks, generated)]
+    return [score(t, text) for t, text in zip(tasks, texts)]
+
+
+def score_rows(tokenizer, tasks, generated: list[list[int]]) -> list[float]:
+    """Exact-match score (1.0 / 0.0) of each row's generated ids against its task."""
+    return score_texts(tasks, [decode_text(tokenizer, g) for g in generated])
 
 
 def eval_settings(model, config: EvalConfig) -> list[Setting]:
@@ -172,7 +177,8 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
     rows, per_task = [], {t.id: {"family": t.family, "answer": t.answer} for t in tasks}
     for s in settings:
         generated = [g for r in records[s] for g in r.generated]
-        scores = score_rows(tokenizer, tasks, generated)
+        texts = [decode_text(tokenizer, g) for g in generated]  # decoded once: scored, and kept when wrong
+        scores = score_texts(tasks, texts)
         summary = summarize(records[s])
         families = {}
         for t, sc in zip(tasks, scores):
@@ -184,10 +190,10 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
                      "family_accuracy": {f: sum(v) / len(v) for f, v in sorted(families.items())},
                      "tpf": summary.tpf, "mean_acceptance": summary.mean_acceptance,
                      "tokens_per_s": summary.tokens_per_s, "tokens": summary.tokens})
-        for t, sc, g, ref in zip(tasks, scores, generated, reference):
+        for t, sc, g, text, ref in zip(tasks, scores, generated, texts, reference):
             per_task[t.id][s.label] = {"correct": bool(sc), "identical_to_ar": g == ref}
             if not sc:
-                per_task[t.id][s.label]["output"] = decode_text(tokenizer, g)
+                per_task[t.id][s.label]["output"] = text
     return {"kind": "eval", "environment": environment(model), "config": asdict(config),
             "prompt_set": prompt_set.description, "max_new_tokens": max_new, "note": note, "rows": rows,
             "tasks": per_task,
