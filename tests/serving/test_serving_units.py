@@ -252,6 +252,27 @@ def test_refill_wait_lets_returning_clients_share_the_batch():
     assert size == 1
 
 
+def test_refill_waits_for_follow_ups_on_top_of_jobs_already_waiting():
+    """16 closed-loop clients split 12 + 4: while the 12 ran, the 4 came back and wait. The
+    12 follow-ups come in two waves; the batch must take all 16, not start at 12 waiting."""
+    from trimode.serving.metrics import Metrics
+    from trimode.serving.scheduler import Scheduler
+
+    sched = Scheduler(_ConfigOnly(), ServerConfig(refill_wait=5.0).validate(), Metrics())
+    sched.submit([job() for _ in range(4)])  # arrived while the batch of 12 ran ...
+    sched._last_batch_size, sched._arrivals = 12, 0  # ... which then finished (as _work records it)
+    waves = [threading.Timer(0.05, lambda: sched.submit([job() for _ in range(8)])),
+             threading.Timer(0.15, lambda: sched.submit([job() for _ in range(4)]))]
+    for w in waves:
+        w.start()
+    start = time.monotonic()
+    batch = sched._next_batch()
+    took = time.monotonic() - start
+    for w in waves:
+        w.join()
+    assert len(batch) == 16 and took < 4.0
+
+
 # ---------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(mode="fast"), "mode='fast'"), (dict(port=70000), "port=70000"), (dict(max_batch_size=0), "max_batch_size"),

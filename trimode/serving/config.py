@@ -91,10 +91,10 @@ class ServerConfig:
     """Seconds the worker waits, once it has work, for more requests to join the batch (it starts
     earlier if ``max_batch_size`` are waiting)."""
     refill_wait: float = 0.01
-    """After a batch of n rows, while fewer than n requests wait, the worker waits for the
-    follow-up requests of the clients it just answered: it starts when n wait, when no request
-    arrived for ``refill_wait`` seconds, or after 10 x ``refill_wait``. Without it a closed loop
-    of clients splits into one tiny batch and one large one."""
+    """After a batch of n rows, the worker waits for the follow-up requests of the n clients it
+    just answered: it starts when they are all in (besides the requests already waiting), when
+    no request arrived for ``refill_wait`` seconds, or after 10 x ``refill_wait``. Without it a
+    closed loop of clients splits into one tiny batch and one large one."""
     request_timeout: float = 300.0
     """Seconds a request may take from arrival to its last token (queueing included)."""
     max_tokens_limit: int = 2048

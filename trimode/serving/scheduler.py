@@ -6,8 +6,9 @@ full). One worker thread runs torch, because forwards block and the model is
 not meant to be driven from two threads. Whenever it is free it forms a batch:
 
 - it first holds the batch open briefly: ``batch_wait`` for requests arriving
-  together, and, after a batch of n rows while fewer than n jobs wait, until
-  no new job arrived for ``refill_wait`` (the clients just answered send
+  together, and, after a batch of n rows, until the n follow-ups are in (on
+  top of the jobs already waiting) or no new job arrived for ``refill_wait``
+  (the clients just answered send
   their next requests within milliseconds; starting at once would split them
   into a tiny batch and a large one that waits a whole batch behind it);
 - the oldest waiting job decides the batch's *key*; every waiting job with
@@ -163,7 +164,8 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._rng = torch.Generator().manual_seed(config.seed)
         self._batch_seconds = 1.0  # running mean of a batch's wall time, for Retry-After
-        self._last_batch_size = 0  # rows of the batch that finished last (refill_wait's target)
+        self._last_batch_size = 0  # rows of the batch that finished last: follow-ups refill_wait expects
+        self._arrivals = 0  # jobs submitted since that batch finished (follow-ups already in)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -213,6 +215,7 @@ class Scheduler:
             if len(self._waiting) + len(jobs) > self.config.max_queue:
                 raise Overloaded(self._retry_after(), len(self._waiting))
             self._waiting.extend(jobs)
+            self._arrivals += len(jobs)
             self.metrics.queue_depth.set(len(self._waiting))
             self._cond.notify_all()
 
@@ -239,7 +242,7 @@ class Scheduler:
             finally:
                 self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.monotonic() - start)
                 with self._cond:
-                    self._last_batch_size = len(batch)
+                    self._last_batch_size, self._arrivals = len(batch), 0
                     self._running = 0
                     self.metrics.running.set(0)
 
@@ -284,12 +287,17 @@ class Scheduler:
 
         ``batch_wait``: a fixed window, always held unless the batch fills. ``refill_wait``: a
         quiet gap; while the answered clients' follow-ups keep arriving, at most ``REFILL_GAPS``
-        gaps in all.
+        gaps in all. The follow-ups expected are the last batch's rows minus the jobs submitted
+        since it finished, *on top of* the jobs that were already waiting: counting those as
+        follow-ups started a closed loop's batch before all its clients were back, and the
+        split (say 12 + 4 of 16 clients) then repeated itself batch after batch.
         """
         batch_wait, refill = self.config.batch_wait, self.config.refill_wait
         start = time.monotonic()
-        refilling = refill > 0 and len(self._waiting) < self._last_batch_size
-        target = self._last_batch_size if refilling else self.config.max_batch_size
+        to_come = self._last_batch_size - self._arrivals
+        refilling = refill > 0 and to_come > 0
+        target = min(len(self._waiting) + to_come, self.config.max_batch_size) if refilling \
+            else self.config.max_batch_size
         deadline = start + max(batch_wait, self.REFILL_GAPS * refill if refilling else 0.0)
         seen, last_arrival = len(self._waiting), start
         while not self._stopping and not self._paused and len(self._waiting) < target:
