@@ -26,8 +26,9 @@ stage ar ""
 stage joint "$RUN/ar"
 # Copy phase: SFT on `repeat` alone. Copying from the prompt (induction) sits on a long plateau at
 # this size; with the task mix it had not formed after 425 SFT steps, with `repeat` alone it forms
-# at ~250 steps. The mixed SFT that follows carries it over to the other families and brings
-# back what the copy phase forgot (code, json, enumerate).
+# at ~250 steps; it needs `joint` before it (straight from `ar` it had not formed after 450 steps).
+# The mixed SFT that follows carries it over to the other families and brings back what the copy
+# phase forgot (code, json, enumerate).
 stage copy "$RUN/joint" --set steps=450 --set task_families=repeat --set code_replay=0
 stage sft "$RUN/copy"
 stage drafter "$RUN/sft"
