@@ -290,7 +290,10 @@ class Scheduler:
         gaps in all. The follow-ups expected are the last batch's rows minus the jobs submitted
         since it finished, *on top of* the jobs that were already waiting: counting those as
         follow-ups started a closed loop's batch before all its clients were back, and the
-        split (say 12 + 4 of 16 clients) then repeated itself batch after batch.
+        split (say 12 + 4 of 16 clients) then repeated itself batch after batch. A follow-up
+        that beat the batch's end (its row finished early) counts as already waiting, so the
+        worker waits one quiet gap for it: erring that way costs ``refill_wait``, the other
+        way a whole batch.
         """
         batch_wait, refill = self.config.batch_wait, self.config.refill_wait
         start = time.monotonic()
