@@ -36,7 +36,6 @@ from .metrics import RunRecord, identical_share, summarize, timed_decode
 from .prompts import task_prompt_set, trained_families
 
 
-
 @dataclass
 class EvalConfig:
     """What ``trimode eval`` runs."""

@@ -45,7 +45,6 @@ from .prompts import PROMPT_SETS, PromptSet, build_prompt_set, trained_families
 from .sol import speed_of_light
 
 
-
 @dataclass
 class BenchConfig:
     """What ``trimode bench`` measures. Defaults finish in a few minutes for a few-M-parameter model on 2 cores."""
