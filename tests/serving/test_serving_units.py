@@ -216,61 +216,54 @@ class _ConfigOnly:
         eos_token_ids = [2]
 
 
-def _formation(refill_wait: float, last_batch: int, late_jobs: int, batch_wait: float = 0.0) -> tuple[int, float]:
-    """Form one batch with 1 job waiting and ``late_jobs`` more arriving 50 ms later; (size, seconds)."""
+def _formation(refill_wait: float, last_batch: int, waves: list[tuple[float, int]], batch_wait: float = 0.0,
+               waiting: int = 0, returned: int = 1) -> tuple[int, float]:
+    """Form one batch just after a batch of ``last_batch`` rows finished; (size, seconds).
+
+    ``waiting`` jobs arrived while that batch ran, ``returned`` of its clients are already back,
+    and each ``(delay, n)`` of ``waves`` submits n more jobs after ``delay`` seconds."""
     from trimode.serving.metrics import Metrics
     from trimode.serving.scheduler import Scheduler
 
     config = ServerConfig(refill_wait=refill_wait, batch_wait=batch_wait).validate()
     sched = Scheduler(_ConfigOnly(), config, Metrics())
-    sched._last_batch_size = last_batch
-    sched.submit([job()])
-    late = threading.Timer(0.05, lambda: sched.submit([job() for _ in range(late_jobs)]))
-    late.start()
+    sched.submit([job() for _ in range(waiting)])
+    sched._last_batch_size, sched._arrivals = last_batch, 0  # the batch finished (as _work records it)
+    sched.submit([job() for _ in range(returned)])
+    timers = [threading.Timer(delay, lambda n=n: sched.submit([job() for _ in range(n)])) for delay, n in waves]
+    for t in timers:
+        t.start()
     start = time.monotonic()
     batch = sched._next_batch()
     took = time.monotonic() - start
-    late.join()
+    for t in timers:
+        t.join()
     return len(batch), took
 
 
 def test_refill_wait_lets_returning_clients_share_the_batch():
     # after a batch of 4, the worker waits for 4 jobs (not for the whole 5 s) ...
-    size, took = _formation(refill_wait=5.0, last_batch=4, late_jobs=3)
+    size, took = _formation(refill_wait=5.0, last_batch=4, waves=[(0.05, 3)])
     assert size == 4 and took < 4.0
     # ... and never when the last batch was a single row (a lone client is served at once)
-    size, took = _formation(refill_wait=5.0, last_batch=1, late_jobs=3)
+    size, took = _formation(refill_wait=5.0, last_batch=1, waves=[(0.05, 3)])
     assert size == 1 and took < 0.05
     # nobody comes back: the worker starts after one quiet gap, not the 10-gap cap
-    size, took = _formation(refill_wait=0.3, last_batch=4, late_jobs=0)
+    size, took = _formation(refill_wait=0.3, last_batch=4, waves=[])
     assert size == 1 and 0.25 < took < 2.0
     # a quiet gap never cuts batch_wait short
-    size, took = _formation(refill_wait=0.01, last_batch=4, late_jobs=0, batch_wait=0.3)
+    size, took = _formation(refill_wait=0.01, last_batch=4, waves=[], batch_wait=0.3)
     assert size == 1 and took >= 0.29
     # refill_wait=0 is the old behaviour: whatever waits right now
-    size, _ = _formation(refill_wait=0.0, last_batch=4, late_jobs=3)
+    size, _ = _formation(refill_wait=0.0, last_batch=4, waves=[(0.05, 3)])
     assert size == 1
 
 
 def test_refill_waits_for_follow_ups_on_top_of_jobs_already_waiting():
     """16 closed-loop clients split 12 + 4: while the 12 ran, the 4 came back and wait. The
     12 follow-ups come in two waves; the batch must take all 16, not start at 12 waiting."""
-    from trimode.serving.metrics import Metrics
-    from trimode.serving.scheduler import Scheduler
-
-    sched = Scheduler(_ConfigOnly(), ServerConfig(refill_wait=5.0).validate(), Metrics())
-    sched.submit([job() for _ in range(4)])  # arrived while the batch of 12 ran ...
-    sched._last_batch_size, sched._arrivals = 12, 0  # ... which then finished (as _work records it)
-    waves = [threading.Timer(0.05, lambda: sched.submit([job() for _ in range(8)])),
-             threading.Timer(0.15, lambda: sched.submit([job() for _ in range(4)]))]
-    for w in waves:
-        w.start()
-    start = time.monotonic()
-    batch = sched._next_batch()
-    took = time.monotonic() - start
-    for w in waves:
-        w.join()
-    assert len(batch) == 16 and took < 4.0
+    size, took = _formation(refill_wait=5.0, last_batch=12, waves=[(0.05, 8), (0.15, 4)], waiting=4, returned=0)
+    assert size == 16 and took < 4.0
 
 
 # ---------------------------------------------------------------------------------------------- config

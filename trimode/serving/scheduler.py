@@ -8,9 +8,9 @@ not meant to be driven from two threads. Whenever it is free it forms a batch:
 - it first holds the batch open briefly: ``batch_wait`` for requests arriving
   together, and, after a batch of n rows, until the n follow-ups are in (on
   top of the jobs already waiting) or no new job arrived for ``refill_wait``
-  (the clients just answered send
-  their next requests within milliseconds; starting at once would split them
-  into a tiny batch and a large one that waits a whole batch behind it);
+  (the clients just answered send their next requests within milliseconds;
+  starting at once would split them into a tiny batch and a large one that
+  waits a whole batch behind it);
 - the oldest waiting job decides the batch's *key*; every waiting job with
   the same key joins, oldest first, up to ``max_batch_size`` (dynamic
   batching: whatever is waiting when the worker becomes free);
