@@ -44,8 +44,9 @@ def register(sub) -> None:
     p.add_argument("--batch-wait", type=non_negative_float, default=d.batch_wait,
                    help="seconds to wait for more requests before a batch starts (default: %(default)s)")
     p.add_argument("--refill-wait", type=non_negative_float, default=d.refill_wait,
-                   help="after a batch of n rows, wait for n requests while they keep arriving (this quiet "
-                        "gap in seconds), so returning clients share one batch (default: %(default)s)")
+                   help="after a batch of n rows, wait for its n clients' next requests, besides those already "
+                        "waiting, while they keep arriving (this quiet gap in seconds), so returning clients "
+                        "share one batch (default: %(default)s)")
     p.add_argument("--timeout", type=non_negative_float, default=d.request_timeout,
                    help="per-request timeout in seconds, queueing included (default: %(default)s)")
     p.add_argument("--max-tokens-limit", type=positive_int, default=d.max_tokens_limit,
