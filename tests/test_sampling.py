@@ -5,6 +5,7 @@ import torch
 from scipy.stats import chi2_contingency
 
 from helpers import tiny_model
+from trimode.generation.loop import Request, private_generator
 from trimode.generation.sampling import SamplingParams, probabilities, speculative_accept
 
 ROWS = 3000
@@ -83,6 +84,28 @@ def test_seeded_generation_is_reproducible_and_uses_no_global_rng():
         torch.manual_seed(123)  # the global RNG must not matter
         b, _ = model.decode_mode(mode, [[5, 6, 7]], generator=torch.Generator().manual_seed(3), **kw)
         assert torch.equal(a, b), mode
+
+
+def test_sampling_without_a_generator_leaves_the_global_rng_alone():
+    model = tiny_model(seed=2)
+    kw = dict(max_new_tokens=12, temperature=0.8, eos_token_id=[])
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    outputs = set()
+    for mode in ("ar", "diffusion", "linear-spec", "quadratic-spec"):
+        for _ in range(3):
+            out, _ = model.decode_mode(mode, [[5, 6, 7]], **kw)
+            outputs.add(tuple(out[0].tolist()))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert len(outputs) > 4  # still sampling: a private generator, seeded anew per call
+
+
+def test_a_generator_on_another_device_than_the_model_is_a_clear_error():
+    request = Request(max_new_tokens=2, eos_token_ids=frozenset(), sampling=SamplingParams(temperature=1.0),
+                      generator=torch.Generator())
+    assert private_generator(request, torch.device("cpu")) is request
+    with pytest.raises(ValueError, match="generator is on cpu but the model is on cuda"):
+        private_generator(request, torch.device("cuda"))  # compares devices only: no GPU needed
 
 
 def test_extreme_sampling_values_never_give_nan():

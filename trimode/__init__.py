@@ -4,28 +4,41 @@
 both ``model_type = "trimode"`` and the published ``"nemotron_labs_diffusion"``,
 so ``AutoModel.from_pretrained(dir)`` returns a :class:`TrimodeModel` (with
 all four decoders) for either layout.
+
+The public names below are imported on first use (PEP 562), so that the
+``trimode`` command line can answer ``--help`` without importing torch; the
+command line defers the registration too, until a command loads a model.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from __future__ import annotations
 
-from .cache import KVCache
-from .configuration import NemotronLabsDiffusionConfig, TrimodeConfig
-from .generation import GenerationStats, SamplingParams
-from .loss import JointLossOutput, joint_loss
-from .modeling import NemotronLabsDiffusionModel, TrimodeModel
+import os
+
+from ._lazy import lazy_exports
+from ._registration import register_auto_classes
 
 __version__ = "0.1.0"
 
+# public name -> submodule that defines it
+_EXPORTS = {
+    "TrimodeConfig": ".configuration",
+    "NemotronLabsDiffusionConfig": ".configuration",
+    "TrimodeModel": ".modeling",
+    "NemotronLabsDiffusionModel": ".modeling",
+    "KVCache": ".cache",
+    "GenerationStats": ".generation",
+    "SamplingParams": ".generation",
+    "joint_loss": ".loss",
+    "JointLossOutput": ".loss",
+}
 
-def _register() -> None:
-    for config_cls, model_cls in ((TrimodeConfig, TrimodeModel),
-                                  (NemotronLabsDiffusionConfig, NemotronLabsDiffusionModel)):
-        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
-        AutoModel.register(config_cls, model_cls, exist_ok=True)
-        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
+# Set (only while it imports this package) by the `trimode` console script: see trimode_cli.
+DEFER_REGISTRATION_ENV = "TRIMODE_DEFER_AUTO_REGISTRATION"
 
 
-_register()
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
-__all__ = ["TrimodeConfig", "NemotronLabsDiffusionConfig", "TrimodeModel", "NemotronLabsDiffusionModel",
-           "KVCache", "GenerationStats", "SamplingParams", "joint_loss", "JointLossOutput", "__version__"]
+if os.environ.get(DEFER_REGISTRATION_ENV) != "1":
+    register_auto_classes()
+
+__all__ = [*_EXPORTS, "register_auto_classes", "__version__"]

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from contextlib import contextmanager
 
 # Subcommand modules, in the order `trimode --help` lists them. A module that is not
 # present yet (optional feature) is skipped.
@@ -43,6 +44,20 @@ def _version() -> str:
     return __version__
 
 
+@contextmanager
+def _threads_restored():
+    """Commands set torch's thread count (``--threads``); a caller that runs them in its own
+    process (tests, notebooks) gets its own count back. The command line imports torch only
+    when a command runs, and then exits: nothing to restore."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            torch.set_num_threads(before)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _threads_restored():
+            return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as e:
         if os.environ.get("TRIMODE_DEBUG"):
             raise

@@ -5,11 +5,33 @@ model shipped in the repository (``models/trimode-tiny``). A ``linear_spec_lora/
 subfolder is attached with PEFT (the published usage), and the underlying
 :class:`~trimode.TrimodeModel` is returned: its decoders switch the adapter on
 for draft forwards only.
+
+Published Nemotron-Labs-Diffusion directories load as they are (``config.json`` with
+``model_type = "nemotron_labs_diffusion"``, sharded safetensors with an index); the
+``auto_map`` remote code they name is never executed (see :mod:`trimode.configuration`).
+
+Memory: a big checkpoint must load on a machine that barely holds it, so weights are
+never held twice. The model is built on the meta device (transformers does that), and
+
+- when the checkpoint already stores the requested dtype, transformers memory-maps the
+  safetensors files and the parameters *are* views of that private, copy-on-write mapping:
+  nothing is copied, and the pages stay reclaimable file cache;
+- when a conversion is needed (a bfloat16 checkpoint computed in float32), each tensor is
+  read with ``pread`` into a temporary buffer, converted, and the buffer freed, so the peak
+  is the converted model plus a tensor or two (see :func:`_load_weights` for why).
+
+Loading is quiet (no progress bar, no transformers warnings about fields the published
+configs carry) unless ``verbose=True`` or ``TRIMODE_DEBUG=1``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import struct
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +39,19 @@ import torch
 
 DRAFTER_SUBFOLDER = "linear_spec_lora"
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "trimode-tiny"
+
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
+# "auto" computes in float32 on CPU when the float32 weights take at most this share of the
+# memory available before loading; the rest is left for activations, KV caches and the OS.
+FLOAT32_FIT_FRACTION = 0.8
+# The CPU decode layout (a transposed copy of every projection weight) is kept only when the
+# weights plus that copy take at most this share of the memory available before loading.
+DECODE_LAYOUT_FIT_FRACTION = 0.6
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+# safetensors header dtype names -> torch dtypes (the floating ones a checkpoint may hold).
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 @dataclass
@@ -27,35 +62,266 @@ class Loaded:
     has_drafter: bool
 
 
+@dataclass
+class CheckpointInfo:
+    """What the safetensors headers say, read without touching the weights."""
+
+    files: list[Path]  # the shards (one file when unsharded); empty: not safetensors
+    numel: int  # elements over all tensors
+    dtypes: set[torch.dtype]  # stored floating dtypes
+
+
 def default_model_path() -> Path:
     return Path(os.environ.get("TRIMODE_MODEL", SHIPPED_MODEL))
 
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.float32, drafter: bool = True) -> Loaded:
-    """Load ``path`` (default: the shipped model) for inference on ``device`` in ``dtype``."""
-    import trimode  # noqa: F401  (registers the Auto classes)
-    from transformers import AutoModel, AutoTokenizer
+         dtype: str | torch.dtype = "auto", drafter: bool = True, verbose: bool = False) -> Loaded:
+    """Load ``path`` (default: the shipped model) for inference on ``device``.
 
+    Args:
+        dtype: ``"auto"`` (CPU: float32 compute, unless float32 weights would not fit in the
+            available memory, then bfloat16, said in one line on stderr; CUDA: the checkpoint's
+            dtype), ``"float32"`` or ``"bfloat16"`` (exactly that), or ``torch.float32`` /
+            ``torch.bfloat16``.
+        drafter: attach the ``linear_spec_lora/`` adapter when the directory has one.
+        verbose: leave transformers' progress bar and warnings as configured (shown by default)
+            instead of silencing them while loading; also ``TRIMODE_DEBUG=1``.
+    """
+    dtype = check_dtype(dtype)
+    device = torch.device(device)
+    verbose = verbose or os.environ.get("TRIMODE_DEBUG") == "1"
+    path = _model_dir(path)
+    # The command line defers the Auto-class registration that `import trimode` does.
+    from ._registration import register_auto_classes
+
+    register_auto_classes()
+    available = available_memory()
+    info = read_checkpoint_info(path)
+    with quiet_transformers(enabled=not verbose):
+        config = _trimode_config(path)
+        target = resolve_dtype(dtype, device, info, getattr(config, "dtype", None), available)
+        model = _load_weights(path, config, target, info)
+        has_drafter = drafter and (path / DRAFTER_SUBFOLDER / "adapter_config.json").is_file()
+        if has_drafter:
+            model = _attach_drafter(model, path)
+        tokenizer = _load_tokenizer(path)
+    model = model.to(device).eval()
+    if device.type == "cpu":
+        if decode_layout_fits(model, available):
+            model.enable_decode_layout()  # faster single-token decode on CPU (see modeling.Projection)
+        elif verbose:
+            print("trimode: CPU decode layout off: its weight copy would not fit comfortably in memory",
+                  file=sys.stderr)
+    return Loaded(model=model, tokenizer=tokenizer, path=path, has_drafter=has_drafter)
+
+
+def check_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    """``dtype`` as "auto" or a torch dtype; ValueError naming the value and the allowed ones."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPE_NAMES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPE_CHOICES:
+        return dtype if dtype == "auto" else DTYPE_NAMES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(map(repr, DTYPE_CHOICES))} "
+                     f"(or torch.float32 / torch.bfloat16)")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, info: CheckpointInfo,
+                  config_dtype: torch.dtype | str | None, available: int | None) -> torch.dtype:
+    """The dtype to load in: ``dtype`` itself, or what "auto" means on ``device`` (see :func:`load`)."""
+    if dtype != "auto":
+        return dtype
+    stored = _checkpoint_dtype(info, config_dtype)
+    if device.type != "cpu":
+        return stored
+    need = info.numel * torch.finfo(torch.float32).bits // 8
+    if available is None or need <= FLOAT32_FIT_FRACTION * available:
+        return torch.float32
+    keep = "keeping the checkpoint's" if stored == torch.bfloat16 else "loading in"
+    print(f"trimode: float32 weights ({need / 2**30:.1f} GiB) would not fit in the available memory "
+          f"({available / 2**30:.1f} GiB); {keep} bfloat16", file=sys.stderr)
+    return torch.bfloat16
+
+
+def _checkpoint_dtype(info: CheckpointInfo, config_dtype: torch.dtype | str | None) -> torch.dtype:
+    """The checkpoint's own dtype: the config's ``dtype``/``torch_dtype``, else what the files store."""
+    if isinstance(config_dtype, str):
+        config_dtype = getattr(torch, config_dtype, None)
+    if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point:
+        return config_dtype
+    if len(info.dtypes) == 1:
+        return next(iter(info.dtypes))
+    return torch.float32
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (psutil, else /proc/meminfo); None if unknown."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except OSError:
+        pass
+    return None
+
+
+def read_checkpoint_info(path: Path) -> CheckpointInfo:
+    """Shard list, element count and stored dtypes of a safetensors checkpoint, from the headers only."""
+    files = _safetensors_files(path)
+    numel, dtypes = 0, set()
+    for file in files:
+        for name, entry in _safetensors_header(file).items():
+            if name == "__metadata__":
+                continue
+            numel += math.prod(entry["shape"])
+            if entry["dtype"] in _SAFETENSORS_DTYPES:
+                dtypes.add(_SAFETENSORS_DTYPES[entry["dtype"]])
+    return CheckpointInfo(files=files, numel=numel, dtypes=dtypes)
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / SAFETENSORS_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [path / name for name in dict.fromkeys(weight_map.values())]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that are missing: {', '.join(missing)}")
+        return files
+    single = path / SAFETENSORS_SINGLE
+    return [single] if single.is_file() else []
+
+
+def _safetensors_header(file: Path) -> dict:
+    """The JSON header of a safetensors file: 8-byte little-endian length, then the JSON."""
+    with open(file, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(length))
+
+
+def _model_dir(path: str | os.PathLike | None) -> Path:
     path = Path(path) if path is not None else default_model_path()
     if not (path / "config.json").is_file():
         hint = " (the shipped model is missing: reinstall from a full clone, or rebuild it with the command in the README)" \
             if path == SHIPPED_MODEL else ""
         raise FileNotFoundError(f"no model at {path}: expected a directory with config.json{hint}")
-    model = AutoModel.from_pretrained(path, dtype=dtype)
-    has_drafter = drafter and (path / DRAFTER_SUBFOLDER / "adapter_config.json").is_file()
-    if has_drafter:
-        import warnings
+    return path
 
-        from peft import PeftModel
 
-        with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not ours to fix
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = PeftModel.from_pretrained(model, path, subfolder=DRAFTER_SUBFOLDER).model
-    model = model.to(device).eval()
-    if torch.device(device).type == "cpu":
-        model.enable_decode_layout()  # faster single-token decode on CPU (see modeling.Projection)
-    tokenizer = None
-    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return Loaded(model=model, tokenizer=tokenizer, path=path, has_drafter=has_drafter)
+def _trimode_config(path: Path):
+    from transformers import AutoConfig
+
+    from .configuration import NemotronLabsDiffusionConfig, TrimodeConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if not isinstance(config, TrimodeConfig):
+        raise ValueError(f"{path} holds a model_type={config.model_type!r} checkpoint; allowed: "
+                         f"{TrimodeConfig.model_type!r}, {NemotronLabsDiffusionConfig.model_type!r}")
+    return config
+
+
+def _load_weights(path: Path, config, dtype: torch.dtype, info: CheckpointInfo) -> torch.nn.Module:
+    """Build the model on the meta device and fill it from ``path`` in ``dtype``, one tensor at a time.
+
+    Same dtype: transformers' own path, which maps the files and uses the mapping as the
+    parameters (zero copy). Conversion: transformers' mmap path would also convert tensor by
+    tensor, but it opens every shard up front and unmaps them only after the last tensor, so
+    every page it read stays resident until the end: the peak is the converted model *plus*
+    the whole file. Handing ``from_pretrained`` a state dict of lazy ``pread`` slices instead
+    (its ``state_dict`` argument, same conversion code) reads each tensor into a buffer that
+    is freed once converted.
+    """
+    from .configuration import NemotronLabsDiffusionConfig
+    from .modeling import NemotronLabsDiffusionModel, TrimodeModel
+
+    model_cls = NemotronLabsDiffusionModel if isinstance(config, NemotronLabsDiffusionConfig) else TrimodeModel
+    if not info.files:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        hint = f" (found {pickles}: pickled weights are not loaded; re-save them with safetensors)" if pickles else ""
+        raise FileNotFoundError(f"{path} has no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX}{hint}")
+    if info.dtypes <= {dtype}:
+        return model_cls.from_pretrained(path, config=config, dtype=dtype)
+    with _pread_state_dict(info.files) as state_dict:
+        if state_dict is None:  # safetensors without the pread backend (< 0.7): transformers' path
+            return model_cls.from_pretrained(path, config=config, dtype=dtype)
+        return model_cls.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype)
+
+
+@contextmanager
+def _pread_state_dict(files: list[Path]):
+    """name -> lazy safetensors slice read with pread(2); None when safetensors cannot pread."""
+    from safetensors import safe_open
+
+    try:
+        handles = [safe_open(str(files[0]), framework="pt", device="cpu", backend="pread")]
+    except TypeError:  # no `backend` keyword in this safetensors
+        yield None
+        return
+    try:
+        handles += [safe_open(str(file), framework="pt", device="cpu", backend="pread") for file in files[1:]]
+        yield {name: handle.get_slice(name) for handle in handles for name in handle.keys()}
+    finally:
+        for handle in handles:
+            handle.__exit__(None, None, None)
+
+
+def _attach_drafter(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return PeftModel.from_pretrained(model, path, subfolder=DRAFTER_SUBFOLDER).model
+
+
+def decode_layout_fits(model: torch.nn.Module, available: int | None) -> bool:
+    """Whether the weights plus the decode layout's transposed copy of every projection fit
+    comfortably (``DECODE_LAYOUT_FIT_FRACTION``) in the memory available before loading.
+    Measured before loading because memory-mapped weights are not resident yet."""
+    from .modeling import Projection
+
+    if available is None:
+        return True
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    copy = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, Projection))
+    return weights + copy <= DECODE_LAYOUT_FIT_FRACTION * available
+
+
+def _load_tokenizer(path: Path):
+    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@contextmanager
+def quiet_transformers(enabled: bool = True):
+    """Within the block: transformers logs errors only and shows no progress bars. Restores
+    transformers' verbosity and both transformers' and huggingface_hub's bar settings after."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars_on, hub_bars_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars_on:
+            hf_logging.enable_progress_bar()  # also turns huggingface_hub's bars on ...
+            if hub_bars_off:
+                disable_progress_bars()  # ... which were off before: leave them off

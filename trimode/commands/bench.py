@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import MODE_CHOICES, add_model_argument, positive_int, threshold_value
-from ..evaluation.cliargs import (add_common_arguments, apply_options, comma_list, default_out_dir,
-                                  load_for_harness)
-from .common import probability
+from ..evaluation.cliargs import add_common_arguments, apply_options, comma_list, default_out_dir
+from .common import MODE_CHOICES, add_model_arguments, load_model, positive_int, probability, threshold_value
 
 
 def register(sub) -> None:
@@ -23,7 +21,7 @@ def register(sub) -> None:
                                    "against the SOL oracle and transformers generate() on the same weights, "
                                    "in the same run; threshold and block-length sweeps; auto block length. "
                                    "Writes bench.md, bench.json, RESULTS.md and PNG plots.")
-    add_model_argument(p)
+    add_model_arguments(p)
     add_common_arguments(p)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     p.add_argument("--prompt-sets", type=comma_list(str, ["tasks", "code"]), default=None,
@@ -74,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.environment import command_line
 
     config = bench_config(args)
-    loaded = load_for_harness(args, "bench")
+    loaded = load_model(args, need="to build its prompts", drafter=not args.no_drafter)
     command = command_line("bench", args, args._parser)
     name = loaded.path.resolve().name
     sets = None

@@ -1,12 +1,29 @@
-"""Argument types and output helpers shared by the subcommands."""
+"""Argument types, the shared model flags, and output helpers of the subcommands.
+
+Importing this module (and building any parser) must not import torch or
+transformers: ``trimode --help`` and argument errors answer at once, and the
+commands import what they need when they run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from ..generation.modes import MODE_NAMES
+from ..generation.names import MODE_NAMES
 
 MODE_CHOICES = list(MODE_NAMES)
+DTYPE_CHOICES = ["auto", "float32", "bfloat16"]  # what trimode.loading.load accepts as dtype
+
+# Below this many parameters a model runs on one CPU thread by default. Its forwards are a
+# few small matrix products: splitting them across threads saves little, and every
+# parallel op waits for its slowest thread, so a core that another process holds stalls
+# the whole decode. Larger models keep torch's default (one thread per core).
+SMALL_MODEL_PARAMETERS = 50_000_000
+
+THREADS_HELP = (f"torch CPU threads (default: 1 for models under {SMALL_MODEL_PARAMETERS // 10**6}M parameters, like "
+                "the shipped one: their forwards are too small to split well, and a busy core stalls every thread; "
+                "otherwise torch's default: one per core, or OMP_NUM_THREADS)")
 
 
 def _number(text: str, kind: type, minimum, what: str):
@@ -48,9 +65,91 @@ def threshold_value(text: str) -> float | None:
     return None if text.lower() == "none" else probability(text)
 
 
+# ---------------------------------------------------------------- the model flags
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="DIR",
-                        help="model directory (default: the shipped models/trimode-tiny)")
+                        help="model directory (default: $TRIMODE_MODEL if set, else the shipped "
+                             "models/trimode-tiny)")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, help: str = THREADS_HELP) -> None:
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help=help)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that loads a model: --model, --threads, --dtype, --verbose."""
+    add_model_argument(parser)
+    add_threads_argument(parser)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="compute dtype (default: auto: float32, or bfloat16 when float32 weights would "
+                             "not fit in the available memory)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the loading progress bar and transformers' warnings (also: TRIMODE_DEBUG=1)")
+
+
+def model_path(args: argparse.Namespace):
+    """The directory --model names, or the default model's."""
+    from pathlib import Path
+
+    from ..loading import default_model_path
+
+    return Path(args.model) if args.model is not None else default_model_path()
+
+
+def default_threads(path) -> int:
+    """Threads for the model at ``path`` when --threads is not given (see SMALL_MODEL_PARAMETERS)."""
+    import torch
+
+    from ..loading import read_checkpoint_info
+
+    if os.environ.get("OMP_NUM_THREADS"):  # the user chose a count for this process: keep it
+        return torch.get_num_threads()
+    parameters = read_checkpoint_info(path).numel if path.is_dir() else 0
+    small = 0 < parameters < SMALL_MODEL_PARAMETERS  # 0: not a safetensors directory, size unknown
+    return 1 if small else torch.get_num_threads()
+
+
+def resolve_threads(args: argparse.Namespace) -> int:
+    """The thread count the command runs with: --threads, else :func:`default_threads`."""
+    return args.threads if args.threads is not None else default_threads(model_path(args))
+
+
+def load_model(args: argparse.Namespace, need: str | None = None, drafter: bool = True):
+    """Set the torch threads, then load --model with --dtype and --verbose.
+
+    ``need``: why the command needs a tokenizer (a model directory without one is then a
+    one-line error), e.g. "to encode the prompt"; None accepts a model without one.
+    """
+    import torch
+
+    from ..loading import load
+
+    torch.set_num_threads(resolve_threads(args))
+    loaded = load(args.model, dtype=args.dtype, drafter=drafter, verbose=args.verbose)
+    if need and loaded.tokenizer is None:
+        raise ValueError(f"{loaded.path} has no tokenizer; `trimode {args.command}` needs one {need}")
+    return loaded
+
+
+# ---------------------------------------------------------------- tables
+STAT_COLUMNS = [("mode", "mode"), ("tokens", "tokens"), ("nfe", "nfe"), ("tpf", "TPF"),
+                ("tokens_per_cycle", "tok/cycle"), ("forwards_per_cycle", "fwd/cycle"), ("tokens_per_s", "tok/s")]
+
+STATS_LEGEND = """\
+TPF: generated tokens per model forward (prefill included).
+A cycle: AR, one step; diffusion, one block (its denoising forwards, then one write);
+  linear-spec, one draft + verify; quadratic-spec, one fused draft-and-verify forward.
+tok/cycle: tokens a cycle commits (speculation: the accepted drafts + the verifier's own token);
+  fwd/cycle: forwards a cycle takes."""
+
+
+def stats_row(mode: str, nfe: int, stats) -> dict:
+    """One table row of a single-prompt decode (:class:`~trimode.generation.stats.GenerationStats`)."""
+    cycles = len(stats.acceptance_lengths)
+    return {"mode": mode, "tokens": stats.tokens_generated, "nfe": nfe, "tpf": stats.tpf,
+            "tokens_per_cycle": stats.mean_acceptance if cycles else None,
+            "forwards_per_cycle": (nfe - stats.prefill_forwards) / cycles if cycles else None,
+            "tokens_per_s": stats.tokens_per_second}
 
 
 def stats_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

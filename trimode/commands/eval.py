@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..evaluation.cliargs import (add_common_arguments, apply_options, comma_list, default_out_dir,
-                                  load_for_harness)
-from .common import MODE_CHOICES, add_model_argument, positive_int, threshold_value
+from ..evaluation.cliargs import add_common_arguments, apply_options, comma_list, default_out_dir
+from .common import MODE_CHOICES, add_model_arguments, load_model, positive_int, threshold_value
 
 
 def register(sub) -> None:
@@ -20,9 +19,9 @@ def register(sub) -> None:
                        description="Decode held-out checkable tasks greedily in every mode and score them by "
                                    "exact match; report accuracy, the share of outputs identical to AR greedy, "
                                    "TPF and acceptance. Writes eval.md and eval.json.")
-    add_model_argument(p)
+    add_model_arguments(p)
     add_common_arguments(p)
-    p.add_argument("--quick", action="store_true", help="6 tasks, short outputs: a smoke run in seconds")
+    p.add_argument("--quick", action="store_true", help="6 tasks (each with room for its whole answer): a smoke run")
     p.add_argument("--n-tasks", type=positive_int, default=None, help="held-out tasks (default 48)")
     p.add_argument("--families", type=comma_list(str), default=None,
                    help="comma list of task families (default: the model's training families, else all)")
@@ -38,9 +37,9 @@ def register(sub) -> None:
 
 
 def eval_config(args: argparse.Namespace):
-    from ..evaluation.accuracy import EvalConfig
+    from ..evaluation.accuracy import EvalConfig, quick_config
 
-    config = EvalConfig(n_tasks=6, max_new_tokens=16) if args.quick else EvalConfig()
+    config = quick_config() if args.quick else EvalConfig()
     return apply_options(config, args, ("n_tasks", "families", "modes", "block_length", "thresholds",
                                         "max_new_tokens", "batch_size", "seed")).validate()
 
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import write_eval_files
 
     config = eval_config(args)
-    loaded = load_for_harness(args, "eval")
+    loaded = load_model(args, need="to build its prompts", drafter=not args.no_drafter)
     command = command_line("eval", args, args._parser)
     name = loaded.path.resolve().name
     result = evaluate(loaded.model, loaded.tokenizer, config) | {"model": name, "command": command}

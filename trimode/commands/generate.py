@@ -4,48 +4,47 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from .common import (MODE_CHOICES, add_model_argument, non_negative_float, positive_int, stats_table,
-                     threshold_value)
-
-STAT_COLUMNS = [("mode", "mode"), ("tokens", "tokens"), ("nfe", "nfe"), ("tpf", "TPF"),
-                ("acceptance", "accept len"), ("tokens_per_s", "tok/s")]
+from .common import (MODE_CHOICES, STAT_COLUMNS, STATS_LEGEND, add_model_arguments, load_model, non_negative_float,
+                     positive_int, stats_row, stats_table, threshold_value)
 
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate from a prompt in one or all modes",
                        description="Generate from PROMPT with the chosen decoding mode(s) and print each "
-                                   "mode's text and statistics (nfe, TPF, acceptance length, tokens/s).")
-    add_model_argument(p)
-    p.add_argument("--mode", choices=MODE_CHOICES + ["all"], default="all")
+                                   "mode's text and statistics (nfe, TPF, tokens and forwards per cycle, tokens/s).")
+    add_model_arguments(p)
+    p.add_argument("--mode", choices=MODE_CHOICES + ["all"], default="all", help="decoding mode (default: all)")
     p.add_argument("--block-length", type=positive_int, default=None, help="block length (default: config)")
     p.add_argument("--threshold", type=threshold_value, default=argparse.SUPPRESS,
                    help="diffusion confidence threshold in (0, 1], or 'none' (default: config)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
-    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="new tokens (default: %(default)s)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     p.add_argument("--chat", action="store_true", help="wrap PROMPT with the model's chat template")
     p.add_argument("prompt", help="the prompt text")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..loading import load
-
-    loaded = load(args.model)
-    model, tok = loaded.model, loaded.tokenizer
-    if tok is None:
-        raise ValueError(f"{loaded.path} has no tokenizer; `trimode generate` needs one to encode the prompt")
-    if args.chat:
-        ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
+    """The prompt's token ids (with the chat template when ``chat``)."""
+    if chat:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                       tokenize=True, return_dict=False)
     else:
-        ids = tok(args.prompt, add_special_tokens=False)["input_ids"]
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
     if hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     if not ids:
         raise ValueError("the prompt is empty after tokenization")
+    return ids
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    loaded = load_model(args, need="to encode the prompt")
+    model, tok = loaded.model, loaded.tokenizer
+    ids = encode_prompt(tok, args.prompt, args.chat)
     max_len = model.config.max_position_embeddings
     if len(ids) + args.max_new_tokens > max_len:
         raise ValueError(f"prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "
@@ -62,10 +61,9 @@ def run(args: argparse.Namespace) -> int:
         out, nfe, stats = model.decode_mode(mode, [ids], **kwargs)
         text = tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
         print(f"=== {mode} ===\n{text}\n")
-        rows.append({"mode": mode, "tokens": stats.tokens_generated, "nfe": nfe, "tpf": stats.tpf,
-                     "acceptance": stats.mean_acceptance, "tokens_per_s": stats.tokens_per_second})
+        rows.append(stats_row(mode, nfe, stats))
     print(stats_table(rows, STAT_COLUMNS))
+    print(f"\n{STATS_LEGEND}")
     if loaded.has_drafter:
         print("(linear-spec and quadratic-spec draft with the LoRA drafter; verification never uses it)")
     return 0
-

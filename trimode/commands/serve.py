@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..generation.modes import SPECULATIVE_MODES
-from .common import (MODE_CHOICES, add_model_argument, non_negative_float, non_negative_int, positive_int,
-                     threshold_value)
+from ..generation.names import SPECULATIVE_MODES
+from .common import (MODE_CHOICES, add_model_arguments, load_model, non_negative_float, non_negative_int,
+                     positive_int, resolve_threads, threshold_value)
 
 SERVING_EXTRAS = "fastapi>=0.110 uvicorn>=0.29 prometheus-client>=0.20"
 
@@ -31,7 +31,7 @@ def register(sub) -> None:
                        description="Serve a tri-mode model over an OpenAI-compatible API (/v1/completions, "
                                    "/v1/chat/completions, /v1/models, /health, /metrics). Requests pick a "
                                    "decoding mode with the extra body field `mode`; --mode is the default.")
-    add_model_argument(p)
+    add_model_arguments(p)
     p.add_argument("--mode", choices=["auto"] + MODE_CHOICES, default=d.mode,
                    help="default mode of requests that do not name one (default: %(default)s)")
     p.add_argument("--host", default=d.host, help="address to listen on (default: %(default)s)")
@@ -60,7 +60,6 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=threshold_value, default=argparse.SUPPRESS,
                    help="default diffusion threshold in (0, 1], or 'none' for the fixed schedule "
                         "(default: the model config's)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the server's sampling generator")
     p.add_argument("--log-level", default=d.log_level,
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
@@ -74,7 +73,8 @@ def register(sub) -> None:
     g.add_argument("--auto-acceptance-floor", type=non_negative_float, default=a.acceptance_floor, metavar="TOKENS",
                    help="fall back to AR when the rolling mean acceptance length (tokens per verification "
                         "cycle) is below this (default: measured at start, where speculation breaks even with "
-                        "AR on this machine: about 2 on a GPU, 3.6 for the shipped model on 2 CPU cores)")
+                        "AR on this machine: about 2 on a GPU, more on a CPU, where a block's forward costs more "
+                        "than one token's)")
     g.add_argument("--auto-window", type=positive_int, default=a.window,
                    help="verification cycles in the rolling acceptance (default: %(default)s)")
     g.add_argument("--auto-probe-every", type=positive_int, default=a.probe_every,
@@ -111,5 +111,6 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as e:
         raise ValueError(f"`trimode serve` needs the serving packages ({e.name} is missing): "
                          f"pip install {SERVING_EXTRAS}") from None
-    serve(config)
+    config.num_threads = resolve_threads(args)  # the decoding worker sets it on its own thread
+    serve(config, load_model(args))
     return 0

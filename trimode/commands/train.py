@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .common import positive_int
+from .common import add_threads_argument, positive_int
 
 EXAMPLES = """\
 examples (the debug preset trains each stage in seconds on a CPU):
@@ -53,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--seed", type=int, default=None, help="seed of init, data order and masks")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    add_threads_argument(p, help="torch CPU threads per process (default: torch's: one per core, or "
+                                 "OMP_NUM_THREADS)")
     p.add_argument("--mask-token-id", type=int, default=None,
                    help="converted HF checkpoints: the mask token id (default: the tokenizer's, else a new token)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -86,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_json())
         return 0
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = train(cfg, out=args.out, init=args.init, tokenizer=args.tokenizer, resume=args.resume)
     if result.info.get("world_size", 1) > 1 and result.info.get("rank", 0) != 0:
         return 0

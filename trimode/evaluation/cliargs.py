@@ -1,4 +1,8 @@
-"""Argument helpers shared by the `trimode eval` and `trimode bench` commands (kept beside the harness)."""
+"""Argument helpers shared by the `trimode eval` and `trimode bench` commands (kept beside the harness).
+
+The model flags (--model, --threads, --dtype, --verbose) and loading are those of every
+command: :mod:`trimode.commands.common`.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,10 @@ def comma_list(item: Callable, allowed: list[str] | None = None):
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """--out, --seed and --no-drafter."""
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: benchmarks/reports/<model-name>/)")
     p.add_argument("--seed", type=int, default=None, help="seed of the prompt sets (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-drafter", action="store_true",
                    help="leave the LoRA drafter (linear_spec_lora/) unloaded: both speculative modes draft "
                         "with the base model, to measure what the drafter adds")
@@ -42,19 +46,3 @@ def apply_options(config, args: argparse.Namespace, names: tuple[str, ...]):
 
 def default_out_dir(model_name: str) -> Path:
     return Path("benchmarks") / "reports" / model_name
-
-
-def load_for_harness(args: argparse.Namespace, command: str):
-    """Set threads, load the model (+ drafter), insist on a tokenizer."""
-    import torch
-
-    from ..loading import load
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads} must be >= 1")
-        torch.set_num_threads(args.threads)
-    loaded = load(args.model, drafter=not args.no_drafter)
-    if loaded.tokenizer is None:
-        raise ValueError(f"{loaded.path} has no tokenizer; `trimode {command}` needs one to build its prompts")
-    return loaded

@@ -21,7 +21,7 @@ run together; finished rows are carried along and ignored.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import torch
@@ -203,9 +203,26 @@ class Runner:
         return out
 
 
+def private_generator(request: Request, device: torch.device) -> Request:
+    """``request`` with a generator on ``device``: a sampling request without one gets a fresh
+    generator seeded from the OS, so that decoding never draws from (or advances) torch's
+    global RNG. A generator on another device than the model is refused: torch would fail
+    deep inside a sampling kernel."""
+    if request.generator is None:
+        if request.sampling.greedy:
+            return request
+        generator = torch.Generator(device=device)
+        generator.seed()
+        return replace(request, generator=generator)
+    if request.generator.device.type != device.type:
+        raise ValueError(f"generator is on {request.generator.device} but the model is on {device}; "
+                         f"pass torch.Generator(device={str(device)!r})")
+    return request
+
+
 def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request) -> Runner:
     """Run ``strategy`` on ``prompts`` until every row has finished. Returns the runner (state + stats)."""
-    run = Runner(model, prompts, request, strategy.name)
+    run = Runner(model, prompts, private_generator(request, next(model.parameters()).device), strategy.name)
     max_prompt = max(len(p) for p in prompts)
     capacity = max_prompt + request.max_new_tokens + strategy.scratch(request, max_prompt) + 1
     run.cache = KVCache.for_model(model, run.batch, capacity)

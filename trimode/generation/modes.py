@@ -26,6 +26,7 @@ import torch
 
 from ..masks import quadratic_pattern
 from .loop import Request, Runner
+from .names import MODE_NAMES, SPECULATIVE_MODES  # noqa: F401  (re-exported: defined once, in names.py)
 from .sampling import probabilities, speculative_accept
 
 
@@ -231,13 +232,6 @@ class QuadraticSpeculation:
         run.emit(per_row, drafted=n - 1)
 
 
-MODES = {
-    "ar": AutoRegressive,
-    "diffusion": BlockDiffusion,
-    "linear-spec": LinearSpeculation,
-    "quadratic-spec": QuadraticSpeculation,
-}
-MODE_NAMES = tuple(MODES)
-"""The decoding modes' names, in the order reports and the CLI list them."""
-SPECULATIVE_MODES = ("linear-spec", "quadratic-spec")
-"""The modes that draft and verify with the AR pathway (lossless at temperature 0)."""
+# Keyed by each strategy's own name; their order and spelling are MODE_NAMES (names.py),
+# which the torch-free command line uses (a test checks that the two agree).
+MODES = {cls.name: cls for cls in (AutoRegressive, BlockDiffusion, LinearSpeculation, QuadraticSpeculation)}

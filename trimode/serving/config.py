@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..generation.modes import MODE_NAMES as SERVED_MODES, SPECULATIVE_MODES
+from ..generation.names import MODE_NAMES as SERVED_MODES, SPECULATIVE_MODES
 
 REQUEST_MODES = ("auto",) + SERVED_MODES
 """What a request (or ``--mode``) may ask for: a mode, or ``auto`` (chosen per batch by load and acceptance)."""
@@ -35,8 +35,8 @@ class AutoModeConfig:
     None: measured when the server starts, as the break-even of the speculative mode at the
     server's block length on this machine (one cycle's forwards over one AR forward; see
     :func:`trimode.evaluation.autotune.break_even_acceptance`). That is about 2 for linear-spec
-    where a B-token forward costs what a 1-token one does; 3.6 for the shipped model at B=16 on the
-    2-core CPU of the project."""
+    where a B-token forward costs what a 1-token one does (a GPU), and higher where it costs more
+    (a small CPU)."""
     window: int = 64
     """Verification cycles kept in the rolling acceptance."""
     min_samples: int = 8
@@ -109,7 +109,8 @@ class ServerConfig:
     """Default diffusion threshold in (0, 1]; ``"model"`` = the model config's ``threshold``;
     None = the fixed schedule (an equal share of the block per step)."""
     num_threads: int | None = None
-    """torch threads of the decoding worker; None = all cores."""
+    """torch threads of the decoding worker; None = all cores (``trimode serve`` passes its
+    ``--threads``, whose default depends on the model's size)."""
     seed: int = 0
     """Seed of the server's sampling generator (requests without a ``seed``)."""
     log_level: str = "info"

@@ -162,7 +162,7 @@ class Scheduler:
         self._stopping = False
         self._running = 0
         self._thread: threading.Thread | None = None
-        self._rng = torch.Generator().manual_seed(config.seed)
+        self._rng: torch.Generator | None = None  # unseeded requests' generator, made beside the model on first use
         self._batch_seconds = 1.0  # running mean of a batch's wall time, for Retry-After
         self._last_batch_size = 0  # rows of the batch that finished last: follow-ups refill_wait expects
         self._arrivals = 0  # jobs submitted since that batch finished (follow-ups already in)
@@ -324,11 +324,14 @@ class Scheduler:
         mode, p = batch[0].mode, batch[0].params
         limits = [job.params.max_tokens for job in batch]
         seeded = p.temperature > 0 and p.seed is not None
+        device = next(self.model.parameters()).device  # sampling generators live beside the model
+        if self._rng is None:
+            self._rng = torch.Generator(device=device).manual_seed(self.config.seed)
         request = Request(
             max_new_tokens=max(limits),
             eos_token_ids=self.eos_ids,
             sampling=SamplingParams(p.temperature, p.top_k, p.top_p).validate(),
-            generator=torch.Generator().manual_seed(p.seed) if seeded else self._rng,
+            generator=torch.Generator(device=device).manual_seed(p.seed) if seeded else self._rng,
             block_length=1 if mode == "ar" else p.block_length,
             threshold=p.threshold if mode == "diffusion" else None,
         )

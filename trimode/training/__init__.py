@@ -23,9 +23,15 @@ Library use (the CLI ``trimode train`` is a thin map onto this)::
     train(preset_config("debug", "joint"), out="runs/joint", init="runs/ar")
 """
 
+from .._lazy import lazy_exports
+# The configs are plain dataclasses (no torch): `trimode train --help` lists them without
+# importing torch. The trainer and the converter are imported on first use (PEP 562).
 from .config import PRESETS, DrafterConfig, ModelSpec, TrainConfig, apply_overrides, debug, preset_config, tiny
-from .convert import Converted, convert_hf_checkpoint
-from .trainer import TrainResult, train
+
+_LAZY = {"Converted": ".convert", "convert_hf_checkpoint": ".convert", "TrainResult": ".trainer", "train": ".trainer"}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 __all__ = ["PRESETS", "DrafterConfig", "ModelSpec", "TrainConfig", "apply_overrides", "debug", "preset_config",
            "tiny", "Converted", "convert_hf_checkpoint", "TrainResult", "train"]

@@ -21,7 +21,6 @@ trains it into the output directory, all ranks load it; a resumed run reuses it)
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..configuration import TrimodeConfig
 from ..data.corpus import CodeCorpus
 from ..data.packing import Batcher
 from ..data.tasks import iter_tasks
-from ..loading import DRAFTER_SUBFOLDER
+from ..loading import DRAFTER_SUBFOLDER, quiet_transformers
 from ..modeling import TrimodeModel
 from .config import TrainConfig
 from .convert import TRIMODE_MODEL_TYPES, convert_hf_checkpoint, is_convertible, model_type_of
@@ -68,20 +67,6 @@ class Stage:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(weights[name])
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """No per-file progress bars from transformers' load/save (the trainer has its own bar)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------------------------ tokenizer
@@ -158,8 +143,9 @@ def load_model(cfg: TrainConfig, init: Path | None, tokenizer) -> tuple[TrimodeM
     if kind in TRIMODE_MODEL_TYPES:
         from transformers import AutoModel
 
-        import trimode  # noqa: F401  (registers the Auto classes)
+        from .._registration import register_auto_classes
 
+        register_auto_classes()  # the command line defers what `import trimode` does
         with quiet_transformers():
             model = AutoModel.from_pretrained(init, dtype=torch.float32)
         return model, tokenizer, f"trimode checkpoint {init}"
