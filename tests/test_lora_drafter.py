@@ -69,3 +69,56 @@ def _draft_tokens(model, prompts):
     from trimode.masks import block_pattern
     return model(block, attention_mask=block_pattern(4), past_key_values=cache, cache_write=False,
                  use_drafter=True).logits.argmax(-1).tolist()
+
+
+def _lora_on_every_projection(seed: int = 21):
+    base = tiny_model(seed=seed)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return base, get_peft_model(tiny_model(seed=seed), LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+
+
+def test_lora_trains_on_the_joint_loss_in_the_diffusion_stream_only():
+    """An adapter attached for joint-loss training gets gradients and lowers the loss; by default it acts
+    on the diffusion stream only, so the AR term and every AR forward stay the base model's, bit for bit."""
+    from trimode.loss import corrupt, joint_loss
+
+    base, peft = _lora_on_every_projection()
+    ids = torch.randint(4, 48, (4, 16), generator=torch.Generator().manual_seed(0))
+    corruption = corrupt(ids, base.config.mask_token_id, generator=torch.Generator().manual_seed(1))
+    reference = joint_loss(base, ids, corruption=corruption)
+    trainable = [p for p in peft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    first = None
+    for _ in range(6):
+        out = joint_loss(peft, ids, corruption=corruption)
+        out.loss.backward()
+        assert all(p.grad is not None for p in trainable)
+        assert sum(p.grad.abs().sum() for p in trainable) > 0
+        opt.step()
+        opt.zero_grad()
+        first = first if first is not None else out
+        assert torch.equal(out.ar_loss, reference.ar_loss)  # clean stream: the base model
+    assert out.diffusion_loss < first.diffusion_loss
+    probe = torch.randint(4, 48, (2, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(peft.model(probe).logits, base(probe).logits)  # AR / verification forwards: off
+        assert not torch.allclose(peft.model(probe, use_drafter=True).logits, base(probe).logits)
+
+
+def test_joint_loss_adapter_scope():
+    from trimode.loss import corrupt, joint_loss
+
+    base, peft = _lora_on_every_projection()
+    ids = torch.randint(4, 48, (2, 12), generator=torch.Generator().manual_seed(0))
+    corruption = corrupt(ids, base.config.mask_token_id, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for p in peft.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.5)  # a trained-looking adapter (LoRA starts as a no-op)
+        ref = joint_loss(base, ids, corruption=corruption)
+        on_all = joint_loss(peft, ids, corruption=corruption, adapters="all")
+        off = joint_loss(peft, ids, corruption=corruption, adapters="none")
+    assert not torch.allclose(on_all.ar_loss, ref.ar_loss)  # "all": the AR term sees the adapter too
+    assert torch.equal(off.ar_loss, ref.ar_loss) and torch.equal(off.diffusion_loss, ref.diffusion_loss)
+    with pytest.raises(ValueError, match="adapters='clean' is not supported; allowed: noisy, all, none"):
+        joint_loss(peft, ids, corruption=corruption, adapters="clean")

@@ -10,6 +10,13 @@ One forward of length 2L over ``concat(xt, x0)`` under
 
 ``loss_mask`` restricts both terms to some tokens (SFT: the response): only
 those may be masked, and the AR term only counts targets inside it.
+
+PEFT adapters (LoRA) attached to the model act where ``adapters`` says. The
+default, ``"noisy"``, switches them on for the diffusion stream only, as the
+decoders do at inference (draft forwards on, AR and verification forwards off):
+the clean stream, its keys/values included, is the base model's, and the
+adapters learn from the diffusion term. ``"all"`` trains them on both terms (a
+LoRA fine-tune meant to be merged into the weights); ``"none"`` leaves them off.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from .masks import training_mask
+
+
+# Where attached adapters act in the joint loss (see the module docstring).
+ADAPTER_SCOPES = ("noisy", "all", "none")
 
 
 @dataclass
@@ -51,13 +62,17 @@ def corrupt(input_ids: torch.Tensor, mask_token_id: int, loss_mask: torch.Tensor
 def joint_loss(model, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None,
                block_size: int | None = None, alpha: float | None = None, ar_weight: float | None = None,
                eps: float = 1e-3, generator: torch.Generator | None = None,
-               corruption: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> JointLossOutput:
+               corruption: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               adapters: str = "noisy") -> JointLossOutput:
     """Joint loss of ``model`` on clean sequences ``input_ids`` (B, L).
 
     Defaults come from ``model.config``: ``block_size``, ``dlm_loss_weight`` (alpha),
     ``ar_loss_weight``. ``corruption`` = (xt, masked, p) replaces the random draw
-    (tests, or a trainer that draws it elsewhere).
+    (tests, or a trainer that draws it elsewhere). ``adapters``: where attached PEFT
+    adapters act, ``"noisy"`` (the diffusion stream), ``"all"`` or ``"none"`` (see above).
     """
+    if adapters not in ADAPTER_SCOPES:
+        raise ValueError(f"adapters={adapters!r} is not supported; allowed: {', '.join(ADAPTER_SCOPES)}")
     cfg = model.config
     block_size = cfg.block_size if block_size is None else block_size
     alpha = cfg.dlm_loss_weight if alpha is None else alpha
@@ -70,7 +85,9 @@ def joint_loss(model, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = 
 
     positions = torch.arange(L, device=input_ids.device).repeat(2)[None].expand(B, 2 * L)
     mask = training_mask(L, block_size, device=input_ids.device)  # (2L, 2L)
-    logits = model(torch.cat([xt, input_ids], 1), position_ids=positions, attention_mask=mask).logits
+    gate = {"noisy": torch.arange(2 * L, device=input_ids.device) < L, "all": True, "none": False}[adapters]
+    logits = model(torch.cat([xt, input_ids], 1), position_ids=positions, attention_mask=mask,
+                   use_drafter=gate).logits  # (B, 2L, V)
     logits_xt, logits_x0 = logits[:, :L].float(), logits[:, L:].float()
 
     diff_ce = F.cross_entropy(logits_xt[masked], input_ids[masked], reduction="none")

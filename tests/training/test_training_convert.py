@@ -115,3 +115,81 @@ def test_conversion_errors(tmp_path):
     (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="pickled weights are not loaded"):
         convert_hf_checkpoint(tmp_path)
+
+
+def _permute_for_gguf(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's storage order of q/k rows (pairs of rotary halves interleaved), which
+    transformers' GGUF loader undoes on read."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
+
+
+def _write_llama_gguf(hf, path, tokens: list[str]) -> None:
+    """A float32 GGUF file of a tiny Llama, laid out as llama.cpp's converter writes it (tied head)."""
+    gguf = pytest.importorskip("gguf")
+    c = hf.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * len(tokens))
+    w.add_token_merges(["a b"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    sd = {k: v.detach().float().numpy() for k, v in hf.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    names = {"self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "ffn_norm"}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        q = _permute_for_gguf(hf.model.layers[i].self_attn.q_proj.weight.detach(), c.num_attention_heads)
+        k = _permute_for_gguf(hf.model.layers[i].self_attn.k_proj.weight.detach(), c.num_key_value_heads)
+        w.add_tensor(f"blk.{i}.attn_q.weight", q.numpy())
+        w.add_tensor(f"blk.{i}.attn_k.weight", k.numpy())
+        for hf_name, gguf_name in names.items():
+            w.add_tensor(f"blk.{i}.{gguf_name}.weight", sd[p + hf_name + ".weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_file_converts_with_the_source_logits(tmp_path):
+    """A GGUF file (llama.cpp layout, tied embeddings, no mask token) converts: a mask token is
+    appended, the head is the untied copy of the embeddings, and AR logits equal the source's."""
+    hf = _hf_model("llama", vocab=97)
+    letters = [chr(ord("a") + i) for i in range(26)]
+    tokens = ["<|endoftext|>", "<s>", "</s>", "ab"] + letters + [f"{x}{y}" for x in "cde" for y in letters][:97 - 30]
+    _write_llama_gguf(hf, tmp_path / "tiny.gguf", tokens)
+    conv = convert_hf_checkpoint(tmp_path / "tiny.gguf")
+    model = conv.model.eval()
+    assert conv.source_type == "llama" and conv.added_mask_token and conv.mask_token_id == 97
+    assert conv.tokenizer is not None and conv.tokenizer.mask_token_id == 97
+    assert torch.equal(model.diffusion_head.weight[:97], hf.model.embed_tokens.weight)
+    ids = torch.randint(3, 97, (2, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (model(ids).logits[..., :97] - hf(ids).logits).abs().max().item() < 1e-4
+        want = _greedy(hf, ids[0].tolist(), 10)
+    out, _ = model.ar_generate(ids[:1], max_new_tokens=10, eos_token_id=[])
+    assert out[0, 30:].tolist() == want
+
+
+def test_gguf_errors_are_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no GGUF file at"):
+        convert_hf_checkpoint(tmp_path / "missing.gguf")
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match="not a .gguf file"):
+        convert_hf_checkpoint(tmp_path / "weights.bin")
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(ValueError, match="broken.gguf"):
+        convert_hf_checkpoint(tmp_path / "broken.gguf")

@@ -126,16 +126,10 @@ def _trimode_config(hf, source: str, mask_token_id: int, vocab_size: int, block_
     )
 
 
-def convert_hf_checkpoint(path: str | Path, mask_token_id: int | None = None, block_size: int = 32,
-                          tokenizer=None, dtype: torch.dtype = torch.float32) -> Converted:
-    """Load a Llama / Mistral / Ministral-3 ``*ForCausalLM`` directory as a :class:`TrimodeModel`.
-
-    ``tokenizer``: the checkpoint's tokenizer (default: loaded from ``path`` when present);
-    it receives the mask token when one is added.
-    """
+def _read_directory(path: Path, tokenizer):
+    """(transformers config, raw state dict, tokenizer) of a transformers checkpoint directory."""
     from transformers import AutoConfig, AutoTokenizer
 
-    path = Path(path)
     source = model_type_of(path)
     if source not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{path} has model_type={source!r}; convertible AR checkpoints are "
@@ -143,7 +137,55 @@ def convert_hf_checkpoint(path: str | Path, mask_token_id: int | None = None, bl
     hf = AutoConfig.from_pretrained(path)
     if tokenizer is None and ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
         tokenizer = AutoTokenizer.from_pretrained(path)
-    state = _map_weights(_read_safetensors(path), source)
+    return hf, _read_safetensors(path), tokenizer
+
+
+def _read_gguf(path: Path, tokenizer):
+    """(transformers config, float32 state dict, tokenizer) of a GGUF file, through transformers'
+    GGUF loader (it dequantises every tensor; the ``gguf`` package must be installed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ValueError(f"reading {path.name} needs the gguf package: pip install gguf") from None
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, NotImplementedError, KeyError) as e:
+        # transformers names the unsupported architecture or quantisation type; keep its first line
+        raise ValueError(f"{path.name}: transformers cannot read this GGUF file: {str(e).splitlines()[0]}") from None
+    hf = hf_model.config
+    if hf.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{path.name} holds a {hf.model_type!r} model; convertible architectures are "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    state = {k: v for k, v in hf_model.state_dict().items()}
+    if getattr(hf, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # the embedding itself; _map_weights copies it into the head
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return hf, state, tokenizer
+
+
+def convert_hf_checkpoint(path: str | Path, mask_token_id: int | None = None, block_size: int = 32,
+                          tokenizer=None, dtype: torch.dtype = torch.float32) -> Converted:
+    """Load a Llama / Mistral / Ministral-3 AR checkpoint as a :class:`TrimodeModel`.
+
+    ``path``: a transformers ``*ForCausalLM`` directory (safetensors), or a ``.gguf`` file of
+    one (dequantised to float32 by transformers' GGUF loader).
+    ``tokenizer``: the checkpoint's tokenizer (default: loaded from ``path`` when present);
+    it receives the mask token when one is added.
+    """
+    path = Path(path)
+    if path.suffix == ".gguf" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        if path.suffix != ".gguf":
+            raise ValueError(f"{path} is a file but not a .gguf file; give a GGUF file or a checkpoint directory")
+        hf, raw, tokenizer = _read_gguf(path, tokenizer)
+    else:
+        hf, raw, tokenizer = _read_directory(path, tokenizer)
+    source = hf.model_type
+    state = _map_weights(raw, source)
     vocab = state["encoder.embed_tokens.weight"].shape[0]
     if vocab != hf.vocab_size:
         raise ValueError(f"{path}: embedding has {vocab} rows but config vocab_size={hf.vocab_size}")
@@ -154,19 +196,19 @@ def convert_hf_checkpoint(path: str | Path, mask_token_id: int | None = None, bl
         mask_token_id = tokenizer.mask_token_id
         notes.append(f"mask token: the tokenizer's {tokenizer.mask_token!r} (id {mask_token_id})")
     if mask_token_id is None:
-        # A free row if the vocab is padded beyond the tokenizer, else a new row at the end.
-        mask_token_id = len(tokenizer) if tokenizer is not None and len(tokenizer) < vocab else vocab
+        # The tokenizer's next id: a free row when the vocab is padded beyond the tokenizer, else
+        # new rows at the end (a tokenizer may already hold ids beyond the embedding: those rows
+        # are added too). New rows start as the mean of the original rows.
+        mask_token_id = len(tokenizer) if tokenizer is not None else vocab
         added = True
-        if mask_token_id == vocab:
-            for key in ("encoder.embed_tokens.weight", "diffusion_head.weight"):
-                w = state[key]
-                state[key] = torch.cat([w, w.float().mean(0, keepdim=True).to(w.dtype)])
-            vocab += 1
-        else:
-            for key in ("encoder.embed_tokens.weight", "diffusion_head.weight"):
-                w = state[key].clone()
-                w[mask_token_id] = w[:len(tokenizer)].float().mean(0).to(w.dtype)
-                state[key] = w
+        grow = mask_token_id + 1 - vocab
+        for key in ("encoder.embed_tokens.weight", "diffusion_head.weight"):
+            w = state[key]
+            mean = w[:min(vocab, mask_token_id)].float().mean(0).to(w.dtype)
+            w = torch.cat([w, mean.expand(grow, -1)]) if grow > 0 else w.clone()
+            w[mask_token_id] = mean
+            state[key] = w
+        vocab = max(vocab, mask_token_id + 1)
         if tokenizer is not None:
             tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
             if tokenizer.mask_token_id != mask_token_id:
