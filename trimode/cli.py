@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 # Subcommand modules, in the order `trimode --help` lists them. A module that is not
 # present yet (optional feature) is skipped.
-COMMANDS = ["demo", "generate", "train", "eval", "bench", "serve"]
+COMMANDS = ["demo", "generate", "convert", "train", "eval", "bench", "serve"]
 
 
 class UserError(Exception):

@@ -117,6 +117,12 @@ def test_conversion_errors(tmp_path):
         convert_hf_checkpoint(tmp_path)
 
 
+_LETTERS = [chr(ord("a") + i) for i in range(26)]
+# 97 byte-level BPE tokens with one merge; "<|endoftext|>" is the unknown token transformers' GGUF
+# tokenizer expects, so the tokenizer holds exactly the model's 97 ids.
+GGUF_TOKENS = ["<|endoftext|>", "<s>", "</s>", "ab"] + _LETTERS + [x + y for x in "cde" for y in _LETTERS][:67]
+
+
 def _permute_for_gguf(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """llama.cpp's storage order of q/k rows (pairs of rotary halves interleaved), which
     transformers' GGUF loader undoes on read."""
@@ -168,9 +174,7 @@ def test_gguf_file_converts_with_the_source_logits(tmp_path):
     """A GGUF file (llama.cpp layout, tied embeddings, no mask token) converts: a mask token is
     appended, the head is the untied copy of the embeddings, and AR logits equal the source's."""
     hf = _hf_model("llama", vocab=97)
-    letters = [chr(ord("a") + i) for i in range(26)]
-    tokens = ["<|endoftext|>", "<s>", "</s>", "ab"] + letters + [f"{x}{y}" for x in "cde" for y in letters][:97 - 30]
-    _write_llama_gguf(hf, tmp_path / "tiny.gguf", tokens)
+    _write_llama_gguf(hf, tmp_path / "tiny.gguf", GGUF_TOKENS)
     conv = convert_hf_checkpoint(tmp_path / "tiny.gguf")
     model = conv.model.eval()
     assert conv.source_type == "llama" and conv.added_mask_token and conv.mask_token_id == 97
@@ -193,3 +197,22 @@ def test_gguf_errors_are_one_line(tmp_path):
     (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 60)
     with pytest.raises(ValueError, match="broken.gguf"):
         convert_hf_checkpoint(tmp_path / "broken.gguf")
+
+
+def test_convert_command_writes_a_loadable_tri_mode_directory(tmp_path, capsys):
+    """`trimode convert FILE.gguf --out DIR`: DIR loads with the tokenizer and the source's AR logits;
+    a second run refuses to overwrite it without --overwrite."""
+    from trimode.cli import main
+
+    hf = _hf_model("llama", vocab=97)
+    _write_llama_gguf(hf, tmp_path / "tiny.gguf", GGUF_TOKENS)
+    out = tmp_path / "converted"
+    assert main(["convert", str(tmp_path / "tiny.gguf"), "--out", str(out)]) == 0
+    assert "mask token id 97" in capsys.readouterr().out
+    loaded = load(out)
+    assert loaded.tokenizer is not None and loaded.tokenizer.mask_token_id == loaded.model.config.mask_token_id == 97
+    ids = torch.randint(3, 97, (1, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (loaded.model(ids).logits[..., :97] - hf(ids).logits).abs().max().item() < 1e-4
+    assert main(["convert", str(tmp_path / "tiny.gguf"), "--out", str(out)]) == 2
+    assert "already holds a model; pass --overwrite" in capsys.readouterr().err
