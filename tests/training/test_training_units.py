@@ -13,7 +13,7 @@ from trimode.masks import block_pattern
 from trimode.training import PRESETS, TrainConfig, apply_overrides, preset_config
 from trimode.training.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, optimizer_from_flat,
                                          optimizer_to_flat, save_checkpoint)
-from trimode.training.config import config_help, config_keys
+from trimode.training.config import LORA_TARGETS, config_help, config_keys
 from trimode.training.data import local_rows, micro_batches
 from trimode.training.drafter import DrafterObjective, attach_drafter, draft_logits, lora_shape, pack_samples
 from trimode.training.objectives import JointObjective
@@ -49,6 +49,13 @@ def test_presets_and_overrides():
     bad.task_families = ["poetry"]
     with pytest.raises(ValueError, match="unknown \\['poetry'\\]; allowed: add, mul"):
         bad.validate()
+    bad = preset_config("debug", "drafter")
+    bad.drafter.target_modules = ["o_proj", "lm_head"]
+    with pytest.raises(ValueError, match=r"drafter.target_modules=\['o_proj', 'lm_head'\]: unknown lm_head; "
+                                         "allowed: q_proj, k_proj"):
+        bad.validate()
+    assert apply_overrides(preset_config("debug", "drafter"),
+                           ["drafter.target_modules=q_proj,v_proj"]).drafter.target_modules == ["q_proj", "v_proj"]
     help_text = config_help()
     assert all(key in help_text for key in config_keys())
     assert "drafter.r (int | None, default None): LoRA rank" in help_text
@@ -129,11 +136,14 @@ def test_draws_depend_only_on_global_sample_index():
 
 
 # ------------------------------------------------------------------ the batched draft forward
-def test_batched_draft_forward_equals_inference_draft():
-    """Training draft logits == LinearSpeculation's draft (prefix cached without adapter, peek with adapter)."""
+@pytest.mark.parametrize("targets", [["o_proj"], list(LORA_TARGETS)], ids=["o_proj", "all-projections"])
+def test_batched_draft_forward_equals_inference_draft(targets):
+    """Training draft logits == LinearSpeculation's draft (prefix cached without adapter, peek with adapter),
+    for the published o_proj adapter and for one on every projection (its k/v change the block's keys)."""
     model = tiny_model(seed=3)
     cfg = debug_config("drafter")
     cfg.drafter.r, cfg.drafter.blocks_per_sequence = 4, 5
+    cfg.drafter.target_modules = targets
     attach_drafter(model, cfg.drafter, seed=0)
     with torch.no_grad():  # a non-zero adapter: it changes the block states, and (if leaked) the prefix
         for name, p in model.named_parameters():

@@ -66,6 +66,10 @@ class ModelSpec:
     initializer_range: float = _f(0.02, "std of the normal weight init")
 
 
+# The projections of a decoder layer (published weight names) a LoRA adapter may target.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclass
 class DrafterConfig:
     """LoRA self-speculation drafter: adapter shape and self-distillation data."""
@@ -73,6 +77,9 @@ class DrafterConfig:
     r: int | None = _f(None, "LoRA rank (none: hidden_size // 32, capped at 128: the published 128 at 4096 wide)")
     alpha: int | None = _f(None, "LoRA alpha (none: 4 * r, the published 512 / 128 ratio)")
     dropout: float = _f(0.0, "LoRA dropout")
+    target_modules: list[str] = _f(["o_proj"], "projections the LoRA adapts: the published o_proj, or any of "
+                                   "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (all seven: an "
+                                   "adapter that carries the draft pathway of a frozen AR model)")
     block_length: int | None = _f(None, "draft block length B trained for (none: the model's block_size)")
     n_prompts: int = _f(2048, "training prompts whose AR greedy continuations are distilled")
     n_eval_prompts: int = _f(64, "held-out prompts for the eval loss")
@@ -175,6 +182,9 @@ class TrainConfig:
              f"model.num_attention_heads={m.num_attention_heads}")
         d = self.drafter
         need(d.r is None or d.r >= 1, f"drafter.r={d.r} must be >= 1 or none")
+        bad = sorted(set(d.target_modules) - set(LORA_TARGETS))
+        need(bool(d.target_modules) and not bad, f"drafter.target_modules={d.target_modules}: "
+             f"{'unknown ' + ', '.join(bad) if bad else 'empty'}; allowed: {', '.join(LORA_TARGETS)}")
         need(d.alpha is None or d.alpha >= 1, f"drafter.alpha={d.alpha} must be >= 1 or none")
         need(d.block_length is None or d.block_length >= 2, f"drafter.block_length={d.block_length} must be >= 2")
         need(d.n_prompts >= 1 and d.gen_tokens >= 2 and d.gen_batch >= 1 and d.blocks_per_sequence >= 1,

@@ -1,7 +1,8 @@
 """LoRA self-speculation drafter: self-distillation of AR greedy continuations (spec section 4).
 
 The drafter is a PEFT LoRA adapter on every ``o_proj`` (the published
-``target_modules=["o_proj"]``), switched on only in draft forwards; the base is frozen,
+``target_modules=["o_proj"]``; ``drafter.target_modules`` may name any of the seven
+projections), switched on only in draft forwards; the base is frozen,
 so verification (and therefore the output) never changes, only acceptance rises.
 
 Objective **(ours; the published one is not public)**: for prompts (task prompts and code
@@ -59,14 +60,15 @@ def lora_shape(cfg: DrafterConfig, hidden_size: int) -> tuple[int, int]:
 
 
 def attach_drafter(model: torch.nn.Module, cfg: DrafterConfig, seed: int):
-    """Inject a fresh LoRA adapter on ``o_proj`` (base frozen). Returns the PeftModel (for saving).
+    """Inject a fresh LoRA adapter on ``cfg.target_modules`` (base frozen). Returns the PeftModel (for saving).
 
     LoRA B starts at zero, so the untrained drafter drafts exactly like the base model.
     """
     from peft import LoraConfig, get_peft_model
 
     r, alpha = lora_shape(cfg, model.config.hidden_size)
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=cfg.dropout, target_modules=["o_proj"], bias="none")
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
+                      bias="none")
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)  # PEFT draws LoRA A from the global RNG: make it the seed's
         # PEFT calls a transformers API deprecated in v5 (is_gradient_checkpointing); harmless here.
