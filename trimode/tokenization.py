@@ -142,3 +142,13 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     if missing:
         raise ValueError(f"tokenizer has no {', '.join(missing)} token id(s); all of pad, bos, eos, mask are required")
     return ids
+
+
+def chat_prompt_ids(tokenizer, user_text: str) -> list[int]:
+    """Token ids of one user turn rendered by the tokenizer's own chat template, ready for the
+    assistant's answer (``add_generation_prompt``); a tokenizer without a template is an error."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template; encode the prompt as plain text instead")
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True,
+                                             tokenize=False)
+    return tokenizer.encode(rendered, add_special_tokens=False)

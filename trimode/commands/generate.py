@@ -27,13 +27,9 @@ def register(sub) -> None:
 
 def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
     """The prompt's token ids (with the chat template when ``chat``)."""
-    if chat:
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      tokenize=True, return_dict=False)
-    else:
-        ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    if hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
+    from ..tokenization import chat_prompt_ids
+
+    ids = chat_prompt_ids(tok, prompt) if chat else tok(prompt, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError("the prompt is empty after tokenization")
     return ids

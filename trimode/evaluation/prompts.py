@@ -31,6 +31,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..tokenization import chat_prompt_ids
+
 PROMPT_SETS = ("tasks", "code")
 
 
@@ -136,9 +138,7 @@ def file_prompt_set(tokenizer, path: str | Path, chat: bool = False) -> PromptSe
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("chat=True, but the tokenizer has no chat template; drop --chat to encode prompts raw")
-        rendered = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                                  tokenize=False) for t in texts]
-        prompts = [tokenizer.encode(r, add_special_tokens=False) for r in rendered]
+        prompts = [chat_prompt_ids(tokenizer, t) for t in texts]
     else:
         prompts = [tokenizer.encode(t, add_special_tokens=False, split_special_tokens=True) for t in texts]
     empty = [i for i, p in enumerate(prompts) if not p]

@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from ..cache import KVCache
 from ..data.corpus import CodeCorpus
 from ..data.tasks import format_prompt, iter_tasks
+from ..tokenization import chat_prompt_ids
 from .config import DrafterConfig, TrainConfig
 from .data import DRAFTER_TASK_SEED, encode_code, families, generator_for, pad_id
 from .objectives import Prepared, Terms
@@ -97,9 +98,16 @@ def drafter_prompts(tokenizer, cfg: TrainConfig, split: str, n: int) -> list[lis
             if len(code) == n_code:
                 break
     tasks = iter_tasks(split, cfg.seed + DRAFTER_TASK_SEED, families(cfg))
-    prompts = [tokenizer.encode(format_prompt(next(tasks)), add_special_tokens=False)[-max_len:]
-               for _ in range(n - len(code))]
+    prompts = [_task_prompt_ids(tokenizer, next(tasks))[-max_len:] for _ in range(n - len(code))]
     return code + prompts
+
+
+def _task_prompt_ids(tokenizer, task) -> list[int]:
+    """A task as the model's own chat template renders it (a converted chat model's), else in
+    trimode's chat format (a tokenizer trained by trimode renders exactly that)."""
+    if getattr(tokenizer, "chat_template", None):
+        return chat_prompt_ids(tokenizer, task.prompt)
+    return tokenizer.encode(format_prompt(task), add_special_tokens=False)
 
 
 @torch.no_grad()
