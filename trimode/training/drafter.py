@@ -34,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -111,16 +113,24 @@ def _task_prompt_ids(tokenizer, task) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_continuations(model, prompts: list[list[int]], gen_tokens: int, batch: int) -> list[list[int]]:
-    """The model's own AR greedy continuation of each prompt (up to and including EOS)."""
+def greedy_continuations(model, prompts: list[list[int]], gen_tokens: int, batch: int,
+                         label: str | None = None) -> list[list[int]]:
+    """The model's own AR greedy continuation of each prompt (up to and including EOS).
+
+    ``label``: print one progress line per batch to stderr under that name (generating the
+    targets of a large model takes minutes before the first training step)."""
     was_training = model.training
     model.eval()
     out: list[list[int]] = []
+    started = time.perf_counter()
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
         ids, _, stats = model.ar_generate(chunk, max_new_tokens=gen_tokens, return_stats=True)
         for row, p, n in zip(ids.tolist(), chunk, stats.tokens_per_row):
             out.append(row[len(p):len(p) + n])
+        if label:
+            print(f"{label}: {len(out)}/{len(prompts)} prompts continued ({time.perf_counter() - started:.0f}s)",
+                  file=sys.stderr, flush=True)
     model.train(was_training)
     return out
 
@@ -167,7 +177,8 @@ def distillation_data(model, tokenizer, cfg: TrainConfig, cache_file: Path | Non
     data = {}
     for split, source, n in (("train", "train", d.n_prompts), ("eval", "heldout", d.n_eval_prompts)):
         prompts = drafter_prompts(tokenizer, cfg, source, n) if n else []
-        conts = greedy_continuations(model, prompts, d.gen_tokens, d.gen_batch) if prompts else []
+        conts = greedy_continuations(model, prompts, d.gen_tokens, d.gen_batch,
+                                     label=f"drafter data ({split})") if prompts else []
         data[split] = pack_samples(prompts, conts, cfg.seq_len, pad_id(tokenizer))
     if write and cache_file is not None:
         flat = {f"{split}.{k}": v for split, s in data.items() for k, v in s.items()}
