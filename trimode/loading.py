@@ -174,7 +174,7 @@ def available_memory() -> int | None:
 
 def read_checkpoint_info(path: Path) -> CheckpointInfo:
     """Shard list, element count and stored dtypes of a safetensors checkpoint, from the headers only."""
-    files = _safetensors_files(path)
+    files = safetensors_files(path)
     numel, dtypes = 0, set()
     for file in files:
         for name, entry in _safetensors_header(file).items():
@@ -186,7 +186,18 @@ def read_checkpoint_info(path: Path) -> CheckpointInfo:
     return CheckpointInfo(files=files, numel=numel, dtypes=dtypes)
 
 
-def _safetensors_files(path: Path) -> list[Path]:
+def require_safetensors(path: Path) -> list[Path]:
+    """The safetensors shards of ``path``; a one-line error when it has none (pickles are never loaded)."""
+    files = safetensors_files(path)
+    if not files:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        hint = f" (found {pickles}: pickled weights are not loaded; re-save them with safetensors)" if pickles else ""
+        raise FileNotFoundError(f"{path} has no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX}{hint}")
+    return files
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The shards an index names (all must exist), or the single file; empty when neither is there."""
     index = path / SAFETENSORS_INDEX
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -243,9 +254,7 @@ def _load_weights(path: Path, config, dtype: torch.dtype, info: CheckpointInfo) 
 
     model_cls = NemotronLabsDiffusionModel if isinstance(config, NemotronLabsDiffusionConfig) else TrimodeModel
     if not info.files:
-        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        hint = f" (found {pickles}: pickled weights are not loaded; re-save them with safetensors)" if pickles else ""
-        raise FileNotFoundError(f"{path} has no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX}{hint}")
+        require_safetensors(path)  # raises: says why nothing loads
     if info.dtypes <= {dtype}:
         return model_cls.from_pretrained(path, config=config, dtype=dtype)
     with _pread_state_dict(info.files) as state_dict:

@@ -33,6 +33,7 @@ import torch
 from safetensors import safe_open
 
 from ..configuration import TrimodeConfig
+from ..loading import require_safetensors
 from ..modeling import TrimodeModel
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "ministral3")
@@ -62,18 +63,10 @@ def is_convertible(path: Path) -> bool:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        hint = f" (found {found}: pickled weights are not loaded; re-save with safetensors)" if found else ""
-        raise FileNotFoundError(f"{path} has no model.safetensors or model.safetensors.index.json{hint}")
+    files = require_safetensors(path)
     state = {}
     for name in files:
-        with safe_open(path / name, "pt") as f:
+        with safe_open(name, "pt") as f:
             for key in f.keys():
                 state[key] = f.get_tensor(key)
     return state
