@@ -4,28 +4,25 @@ A quick probe for a converted model and its adapters (issue: a real default mode
 prompts below were never trained on (training uses stdlib code and synthetic tasks). It
 also checks that both speculative modes return exactly the AR greedy output.
 
-    python benchmarks/heldout_tpf.py MODEL_DIR [BLOCK_LENGTH]
+    python benchmarks/heldout_tpf.py MODEL_DIR [BLOCK_LENGTH] [--device cuda]
 
 TPF here counts decode forwards only (prefill excluded), generated tokens over forwards.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
-CHAT = ["Write a haiku about the sea.", "Explain what a hash table is in two sentences.",
-        "Give me three tips for staying focused while studying.",
-        "What is the capital of France, and why is it famous?",
-        "Summarize the plot of Romeo and Juliet in one paragraph.", "List four fruits that are high in vitamin C."]
-CODE = ['def is_prime(n):\n    """Return True if n is a prime number."""\n',
-        'def reverse_words(sentence):\n    """Reverse the order of words in a sentence."""\n',
-        'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
-        'def flatten(nested):\n    """Flatten a list of lists into one list."""\n',
-        'def count_vowels(text):\n    """Count the vowels in text."""\n',
-        'def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n']
+# Held-out prompts, never trained on (training uses stdlib code, synthetic tasks and templated
+# instructions); the same files feed `trimode bench --prompts-file`.
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+CHAT = PROMPTS.joinpath("heldout_chat.txt").read_text().splitlines()
+CODE = [json.loads(line)["prompt"] for line in PROMPTS.joinpath("heldout_code.jsonl").read_text().splitlines()]
 NEW_TOKENS = 64
 
 
@@ -33,13 +30,18 @@ def main() -> None:
     from trimode.loading import load
     from trimode.tokenization import chat_prompt_ids
 
-    path, block = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8
-    loaded = load(path)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("block", type=int, nargs="?", default=8)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    path, block = args.model, args.block
+    loaded = load(path, device=args.device)
     model, tok = loaded.model, loaded.tokenizer
     sets = {"chat": [chat_prompt_ids(tok, t) for t in CHAT],
             "code": [tok.encode(t, add_special_tokens=False) for t in CODE]}
     print(f"{path}: drafter {loaded.has_drafter}, block {block}, {NEW_TOKENS} new tokens, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {loaded.model.device}")
     for name, prompts in sets.items():
         refs = [model.ar_generate([p], max_new_tokens=NEW_TOKENS)[0] for p in prompts]
         for mode in ("linear-spec", "quadratic-spec"):

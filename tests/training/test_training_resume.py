@@ -1,6 +1,8 @@
 """Exact resume: a run interrupted after k steps and resumed ends with the same parameters as an uninterrupted run."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -55,6 +57,32 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, ar_dir, stage):
         assert torch.equal(a[name], b[name]), name
     # The log reads like one run: every step once, same losses.
     assert _train_losses(broken) == _train_losses(full)
+
+
+def _sigterm_at(step_to_stop):
+    def hook(step, record):
+        if step == step_to_stop:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `timeout`, SLURM or Kubernetes send
+    return hook
+
+
+def test_sigterm_stops_with_a_checkpoint_and_resume_finishes_exactly(tmp_path, ar_dir, capsys):
+    cfg = dict(steps=STEPS, checkpoint_interval=4, eval_batches=0, block_sizes=[4, 8])
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    train(debug_config("joint", **cfg), out=full, init=ar_dir)
+    before = signal.getsignal(signal.SIGTERM)
+    result = train(debug_config("joint", **cfg), out=stopped, init=ar_dir, on_step=_sigterm_at(3))
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler does not outlive the run
+    assert result.step == 3 and result.info["stopped_at"] == 3
+    assert "stopped by SIGTERM after step 3 of 8" in capsys.readouterr().err
+    # Off the checkpoint interval: a checkpoint of step 3 anyway, and the weights reached are exported.
+    assert [p.name for p in list_checkpoints(stopped / "checkpoints")] == ["step-00000003"]
+    assert (stopped / "model.safetensors").is_file()
+    resumed = train(debug_config("joint", **cfg), out=stopped, init=ar_dir, resume=True)
+    assert resumed.info["start_step"] == 3 and resumed.step == STEPS and "stopped_at" not in resumed.info
+    a, b = _weights(full, "joint"), _weights(stopped, "joint")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert _train_losses(stopped) == _train_losses(full)
 
 
 def test_resume_guards(tmp_path, ar_dir):

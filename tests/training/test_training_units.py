@@ -22,10 +22,14 @@ from trimode.training.optim import wsd_factor
 
 # ------------------------------------------------------------------ config
 def test_presets_and_overrides():
-    assert set(PRESETS) == {"debug", "tiny"}
-    for name in PRESETS:
+    assert set(PRESETS) == {"debug", "tiny", "smol"}
+    for name in ("debug", "tiny"):
         for stage in ("ar", "joint", "sft", "drafter"):
             assert preset_config(name, stage).validate().stage == stage
+    smol = preset_config("smol", "drafter").validate()  # design (b): a drafter on every projection
+    assert smol.drafter.target_modules == list(LORA_TARGETS) and smol.drafter.instruction_fraction > 0
+    with pytest.raises(ValueError, match="preset smol has only the drafter stage"):
+        preset_config("smol", "joint")
     cfg = apply_overrides(preset_config("tiny", "joint"), [
         "model.hidden_size=512", "block_sizes=4,8", "max_files=none", "progress=false", "drafter.r=16", "lr=3e-4",
         "task-families=add,sort"])
@@ -39,7 +43,7 @@ def test_presets_and_overrides():
         apply_overrides(cfg, ["steps=ten"])
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         apply_overrides(cfg, ["steps"])
-    with pytest.raises(ValueError, match="preset='huge' is not one of debug, tiny"):
+    with pytest.raises(ValueError, match="preset='huge' is not one of debug, tiny, smol"):
         preset_config("huge", "ar")
     bad = preset_config("debug", "ar")
     bad.warmup_frac, bad.decay_frac = 0.6, 0.6
@@ -205,6 +209,26 @@ def test_sft_code_replay_share(tokenizer_dir):
         assert abs(len(code) - replay * len(seqs)) <= 1, (replay, len(code), len(seqs))
     with pytest.raises(ValueError, match="code_replay=1.0 must be in \\[0, 1\\)"):
         debug_config("sft", code_replay=1.0).validate()
+
+
+def test_drafter_prompts_mix_code_instructions_and_tasks(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from trimode.data.instructions import sample_instructions
+    from trimode.training.drafter import drafter_prompts
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = debug_config("drafter")
+    cfg.drafter.code_prompt_fraction, cfg.drafter.instruction_fraction = 0.25, 0.5
+    prompts = drafter_prompts(tok, cfg, "train", 16)
+    assert len(prompts) == 16
+    texts = [tok.decode(p) for p in prompts]
+    instructions = sample_instructions("train", 8, cfg.seed, cfg.max_files)
+    assert [t for t in texts if any(i in t for i in instructions)] == texts[4:12]  # after the 4 code prefixes
+    cfg.drafter.instruction_fraction = 0.8
+    with pytest.raises(ValueError, match=r"instruction_fraction=0.8 must be in \[0, 1\] and leave "
+                                         r"code_prompt_fraction=0.25 \+ instruction_fraction <= 1"):
+        cfg.validate()
 
 
 def test_copy_windows_follow_their_file():

@@ -24,8 +24,9 @@ def register(sub) -> None:
     add_model_arguments(p)
     add_common_arguments(p)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
-    p.add_argument("--prompt-sets", type=comma_list(str, ["tasks", "code"]), default=None,
-                   help="comma list of prompt sets: tasks, code (default: both)")
+    p.add_argument("--prompt-sets", type=comma_list(str, ["tasks", "code", "humaneval"]), default=None,
+                   help="comma list of prompt sets: tasks, code, humaneval (default: tasks,code; humaneval "
+                        "needs pip install -e \".[humaneval]\")")
     p.add_argument("--prompts-file", default=None, metavar="FILE",
                    help="benchmark your own prompts instead: one per line, or JSONL with a \"prompt\" field")
     p.add_argument("--chat", action="store_true", help="wrap --prompts-file prompts with the chat template")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     config = bench_config(args)
     loaded = load_model(args, need="to build its prompts", drafter=not args.no_drafter)
     command = command_line("bench", args, args._parser)
-    name = loaded.path.resolve().name
+    name = loaded.name
     sets = None
     if args.prompts_file:
         from ..evaluation.prompts import file_prompt_set

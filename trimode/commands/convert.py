@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..loading import quiet_transformers
-    from ..training.convert import convert_hf_checkpoint
+    from ..conversion import convert_hf_checkpoint
 
     out = Path(args.out)
     if (out / "config.json").is_file() and not args.overwrite:

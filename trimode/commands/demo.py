@@ -1,10 +1,11 @@
-"""``trimode demo``: the shipped model on a code prompt and a task prompt, in all four modes.
+"""``trimode demo``: the default model on two fixed prompts, in all four modes.
 
-No arguments needed: it loads ``models/trimode-tiny`` (or ``--model DIR``), says what
-the model was trained for, runs the fixed prompts of :mod:`.demo_prompts` (a code
-prompt and a held-out checkable task) in every mode, and prints each mode's text and
-a table of nfe, TPF, tokens and forwards per cycle, tokens/s and whether the task's
-answer is right.
+No arguments needed: it loads the default model (trimode-smol when its base is
+installed, else trimode-tiny; or ``--model DIR``), says what the model is, runs the fixed
+prompts of :mod:`.demo_prompts` (a chat request and a function to complete; for a model
+trained by ``trimode train``, a code prompt and a held-out checkable task) in every mode,
+and prints each mode's text and a table of nfe, TPF, tokens and forwards per cycle,
+tokens/s and, for a task, whether the answer is right.
 """
 
 from __future__ import annotations
@@ -20,35 +21,48 @@ COLUMNS = [("prompt", "prompt")] + STAT_COLUMNS + [("correct", "correct")]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the shipped model in all four modes (no arguments needed)",
-                       description="Run the shipped model (or --model DIR) on a fixed code prompt and a held-out "
-                                   "task in all four decoding modes; print each mode's text and statistics.")
+    p = sub.add_parser("demo", help="run the default model in all four modes (no arguments needed)",
+                       description="Run the default model (trimode-smol when its base is installed, else "
+                                   "trimode-tiny; or --model DIR) on two fixed prompts in all four decoding modes; "
+                                   "print each mode's text and statistics.")
     add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
-                   help=f"new tokens per prompt (default: {CODE_TOKENS} for the code prompt; for the task, its "
+                   help=f"new tokens per prompt (default: {CODE_TOKENS} for a chat or code prompt; for a task, its "
                         "answer (EOS included) + 16, so every mode can finish it)")
     p.add_argument("--block-length", type=positive_int, default=None, help="block length (default: the model's config)")
     p.set_defaults(func=run)
 
 
-def demo_prompts(tokenizer, families: list[str] | None) -> list[tuple[str, list[int], object]]:
-    """(name, prompt ids, task or None): the code prompt, then the task of the first of
-    ``families`` (the model's trained families) that the demo has."""
+def demo_prompts(tokenizer, families: list[str] | None) -> list[tuple[str, list[int], object, str]]:
+    """(name, prompt ids, task or None, text to show). A model trained by ``trimode train`` (``families``: its
+    trained task families): the code prompt, then a held-out task of the first of ``families``
+    that the demo has. Another model with a chat template (a converted chat model): a chat
+    request, then a request for code."""
     from ..data.tasks import format_prompt
-    from .demo_prompts import CODE_NAME, CODE_PROMPT, demo_task
+    from ..tokenization import chat_prompt_ids
+    from .demo_prompts import CHAT_NAME, CHAT_PROMPT, CODE_NAME, CODE_PROMPT, CODE_REQUEST, CODE_REQUEST_NAME, demo_task
 
+    if not families and getattr(tokenizer, "chat_template", None):
+        return [(CHAT_NAME, chat_prompt_ids(tokenizer, CHAT_PROMPT), None, f"user: {CHAT_PROMPT}"),
+                (CODE_REQUEST_NAME, chat_prompt_ids(tokenizer, CODE_REQUEST), None, f"user: {CODE_REQUEST}")]
     task = demo_task(families)
     code_ids = tokenizer.encode(CODE_PROMPT, add_special_tokens=False, split_special_tokens=True)
     task_ids = tokenizer.encode(format_prompt(task), add_special_tokens=False)
-    return [(CODE_NAME, code_ids, None), (f"task ({task.family}, held out)", task_ids, task)]
+    return [(CODE_NAME, code_ids, None, tokenizer.decode(code_ids)),
+            (f"task ({task.family}, held out)", task_ids, task, tokenizer.decode(task_ids))]
 
 
 def describe(loaded, families: list[str] | None) -> str:
-    """One line: the model, its size, and what it was trained for (from its config)."""
+    """One line: the model, its size, and what it was trained for (from its config, or the
+    description of an assembled model)."""
+    from ..assembly import ASSEMBLY_FILE, read_assembly
+
     base = sum(p.numel() for n, p in loaded.model.named_parameters() if "lora_" not in n)  # the drafter aside
-    line = f"{loaded.path.resolve().name}: {base / 1e6:.1f}M parameters"
+    line = f"{loaded.name}: {base / 1e6:.1f}M parameters"
     if families:  # written by `trimode train`, which trains on stdlib code and these task families
         line += f", trained on Python stdlib code and synthetic tasks ({', '.join(families)}); not a chat model"
+    elif (loaded.path / ASSEMBLY_FILE).is_file() and read_assembly(loaded.path).description:
+        line += f", {read_assembly(loaded.path).description}"
     return line
 
 
@@ -67,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"({loaded.path}; LoRA drafter: {'yes' if loaded.has_drafter else 'no'}; "
           f"{next(model.parameters()).dtype}; threads: {torch.get_num_threads()})\n")
     rows = []
-    for name, ids, task in demo_prompts(tok, families):
-        print(f"##### {name}\n{tok.decode(ids)}")
+    for name, ids, task, shown in demo_prompts(tok, families):
+        print(f"##### {name}\n{shown}")
         for mode in MODE_CHOICES:
-            # code: a fixed length; the task: room for its whole answer in every mode, as in eval
+            # chat and code: a fixed length; the task: room for its whole answer in every mode, as in eval
             default = CODE_TOKENS if task is None else answer_budget(tok, task)
             kwargs = dict(max_new_tokens=args.max_new_tokens or default, return_stats=True)
             if args.block_length:

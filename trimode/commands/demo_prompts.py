@@ -1,6 +1,10 @@
-"""The fixed prompts of ``trimode demo``: one code prompt, and one checkable task per family.
+"""The fixed prompts of ``trimode demo``.
 
-They are chosen to show what the shipped model (``models/trimode-tiny``) does well:
+A chat model (trimode-smol, or any converted model with a chat template) gets two chat
+requests, one for prose and one for code: :data:`CHAT_PROMPT`, :data:`CODE_REQUEST`.
+
+A model trained by ``trimode train`` (``models/trimode-tiny``) gets one code prompt and
+one checkable task, chosen to show what it does well:
 
 - Code: the start of a character-mapping codec module written the way the standard
   library writes them. The model was trained on the Python standard library, where
@@ -14,6 +18,11 @@ They are chosen to show what the shipped model (``models/trimode-tiny``) does we
 """
 
 from __future__ import annotations
+
+CHAT_NAME = "chat"
+CHAT_PROMPT = "Give three tips for a good night's sleep."
+CODE_REQUEST_NAME = "code (asked in chat)"
+CODE_REQUEST = "Write a Python function that checks whether a string is a palindrome."
 
 CODE_NAME = "code (a stdlib-style codec module)"
 CODE_PROMPT = """import codecs

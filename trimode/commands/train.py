@@ -102,5 +102,10 @@ def run(args: argparse.Namespace) -> int:
                "parameters": result.info.get("parameters"),
                "trainable_parameters": result.info.get("trainable_parameters"),
                "model": result.info.get("model"), "tokenizer": result.info.get("tokenizer")}
+    stopped = result.info.get("stopped_at")
+    if stopped is not None:
+        summary["stopped_at"] = stopped
     print(json.dumps(summary), file=sys.stdout)
-    return 0
+    # Stopped early (SIGTERM): the exit status of a terminated job, so a script does not go on
+    # to the next stage with a half-trained model.
+    return 128 + 15 if stopped is not None else 0

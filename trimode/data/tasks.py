@@ -285,8 +285,13 @@ def task_messages(task: Task, with_answer: bool = False, system: str | None = No
 def format_prompt(task: Task, system: str | None = None) -> str:
     """The generation prompt exactly as the chat template renders it with
     ``add_generation_prompt=True`` (duplicated here so no tokenizer is needed)."""
+    return format_user_turn(task.prompt, system)
+
+
+def format_user_turn(text: str, system: str | None = None) -> str:
+    """A user turn ready for the assistant's answer, in trimode's chat format."""
     head = "" if system is None else f"{SYSTEM_TOKEN}{system}"
-    return f"{head}{USER_TOKEN}{task.prompt}{ASSISTANT_TOKEN}"
+    return f"{head}{USER_TOKEN}{text}{ASSISTANT_TOKEN}"
 
 
 def sft_example(task: Task, tokenizer, system: str | None = None) -> tuple[list[int], list[int]]:

@@ -6,6 +6,7 @@
 - :mod:`.baseline`     the AR pathway as a stock ``transformers`` causal LM, timed in the same run
 - :mod:`.prompts`      seeded held-out prompt sets (tasks, code)
 - :mod:`.accuracy`     ``trimode eval``: accuracy per mode, share identical to AR greedy
+- :mod:`.humaneval`    ``trimode eval --humaneval``: HumanEval pass@1 per mode, agreement with AR greedy
 - :mod:`.bench`        ``trimode bench``: every mode, SOL, sweeps, auto block length, goals
 - :mod:`.report`, :mod:`.plots`   markdown / JSON / PNG output
 - :mod:`.environment`  the manifest every report starts with

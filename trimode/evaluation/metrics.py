@@ -23,6 +23,9 @@ counts per call; here they are pooled, never averaged per call):
   pooled over calls: each cycle's wall time spread over the tokens it emitted
   (:meth:`GenerationStats.token_latencies`). At batch > 1 a cycle's tokens are
   those of all rows, so this is per token of the batch, not per row.
+- agreement with AR: the share of the AR greedy reference's positions where a setting
+  generated the same token (positions it did not reach count as disagreement), per
+  prompt, then the mean over prompts (:func:`agreement`, :func:`mean_agreement`).
 - ``tokens_per_s``: tokens / wall-clock time *around* the calls (the same quantity as
   :attr:`GenerationStats.tokens_per_second`, measured from outside the call): it includes
   sampling, acceptance and bookkeeping, which is what a user sees.
@@ -158,3 +161,18 @@ def identical_share(outputs: list[list[int]], references: list[list[int]]) -> fl
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b, or None when either is missing or b is zero."""
     return a / b if a is not None and b else None
+
+
+def agreement(tokens: list[int], reference: list[int]) -> float:
+    """Share of ``reference``'s positions where ``tokens`` holds the same token. Positions past the end
+    of ``tokens`` count as disagreement; tokens past the end of ``reference`` are not compared."""
+    if not reference:  # nothing to compare: agreement only if the setting generated nothing either
+        return 0.0 if tokens else 1.0
+    return sum(a == b for a, b in zip(tokens, reference)) / len(reference)
+
+
+def mean_agreement(outputs: list[list[int]], references: list[list[int]]) -> float:
+    """Mean of :func:`agreement` over rows (one row per prompt)."""
+    if len(outputs) != len(references):
+        raise ValueError(f"{len(outputs)} outputs vs {len(references)} references: the sets must align")
+    return sum(agreement(o, r) for o, r in zip(outputs, references)) / len(outputs) if outputs else 0.0

@@ -1,12 +1,14 @@
 """Fixed, seeded prompt sets for evaluation and benchmarks.
 
-Two kinds, as users run the model:
+Three kinds, as users run the model:
 
 - ``tasks``: held-out checkable tasks (:mod:`trimode.data.tasks`), rendered with
   the chat format; every prompt carries its :class:`~trimode.data.tasks.Task`
   so outputs can be scored (exact match).
 - ``code``: held-out stdlib files (:class:`~trimode.data.corpus.CodeCorpus`),
   the first ``prompt_tokens`` tokens of each as a completion prompt.
+- ``humaneval``: the first ``n`` HumanEval problems' prompts (a signature and docstring
+  to complete; never trained on), encoded raw. Needs the ``humaneval`` extra.
 
 Design choices:
 
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from ..tokenization import chat_prompt_ids
 
-PROMPT_SETS = ("tasks", "code")
+PROMPT_SETS = ("tasks", "code", "humaneval")
 
 
 @dataclass
@@ -147,10 +149,22 @@ def file_prompt_set(tokenizer, path: str | Path, chat: bool = False) -> PromptSe
     return PromptSet(path.stem, prompts, [t[:40] for t in texts], None, f"{len(prompts)} prompts from {path.name}")
 
 
+def humaneval_prompt_set(tokenizer, n: int) -> PromptSet:
+    """The first ``n`` HumanEval prompts, raw (function signature + docstring)."""
+    from .humaneval import load_problems
+
+    problems = load_problems(n)
+    prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False, split_special_tokens=True) for p in problems]
+    return PromptSet("humaneval", prompts, [p["task_id"] for p in problems], None,
+                     f"the first {len(problems)} HumanEval prompts")
+
+
 def build_prompt_set(name: str, tokenizer, n: int, seed: int = 0, code_prompt_tokens: int = 64,
                      families: list[str] | None = None) -> PromptSet:
     if name == "tasks":
         return task_prompt_set(tokenizer, n, seed, families)
     if name == "code":
         return code_prompt_set(tokenizer, n, seed, code_prompt_tokens)
+    if name == "humaneval":
+        return humaneval_prompt_set(tokenizer, n)
     raise ValueError(f"prompt set {name!r} is not one of {', '.join(PROMPT_SETS)}")

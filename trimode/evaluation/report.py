@@ -49,8 +49,12 @@ def write_eval_files(result: dict, out_dir: Path, command: str) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     md = header(f"trimode eval: {result.get('model', 'model')}", command, result["environment"])
-    md += ["## Accuracy on held-out tasks", "", eval_markdown(result), "",
-           f"Finished in {result['elapsed_s']:.1f} s."]
+    md += ["## Accuracy on held-out tasks", "", eval_markdown(result), ""]
+    if result.get("humaneval"):  # `trimode eval --humaneval`
+        from .humaneval import humaneval_markdown
+
+        md += ["## HumanEval pass@1", "", humaneval_markdown(result["humaneval"]), ""]
+    md += [f"Finished in {result['elapsed_s']:.1f} s."]
     return [write_json(out_dir / "eval.json", result), _write(out_dir / "eval.md", md)]
 
 
@@ -243,6 +247,10 @@ def results_markdown(result: dict, command: str, evaluation: dict | None = None)
                    f"{r['setting']} {r['accuracy']:.0%}" + (f" ({r['identical_to_ar']:.0%} identical to AR)"
                                                             if r["mode"] == "diffusion" else "")
                    for r in evaluation["rows"]) + "."]
+        if evaluation.get("humaneval"):
+            he = evaluation["humaneval"]
+            md += ["", f"HumanEval pass@1 (first {he['n_problems']} problems): " + ", ".join(
+                f"{r['setting']} {r['pass_at_1']:.0%}" for r in he["rows"] if r["requested"]) + "."]
     if result.get("goals"):
         md += ["", "Goals:", ""] + _goals_table(result["goals"])
     md += ["", "Read ratios, not absolute times: on a shared 2-core machine timings move by 10-25% between runs."]

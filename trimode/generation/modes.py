@@ -7,7 +7,8 @@ Every mode starts from a *pending* token: emitted, keys not yet cached.
 - :class:`AutoRegressive`: one causal write forward per token.
 - :class:`BlockDiffusion`: peek-denoise ``[pending] + MASK*(B-1)`` until the
   block is filled, then one causal write forward stores it and yields the next
-  pending token. Lossy by design (threshold is the speed/quality knob).
+  pending token. Lossy by design (threshold is the speed/quality knob). With
+  ``config.diffusion_drafter`` the LoRA drafter is on in the denoising peeks.
 - :class:`LinearSpeculation`: a drafter peek over ``[pending] + MASK*(B-1)``,
   then one causal write forward verifies the drafts; 2 forwards per cycle.
 - :class:`QuadraticSpeculation`: draft and verify fused in one forward per
@@ -73,7 +74,8 @@ class BlockDiffusion:
         schedule = _fixed_schedule(n - 1, req.steps) if req.threshold is None else None
         step = 0
         while not all(finished):
-            tokens, probs = run.choose(run.peek_block(block))  # (B, n), (B, n, V)
+            # (B, n), (B, n, V); the drafter denoises when it carries the model's diffusion pathway
+            tokens, probs = run.choose(run.peek_block(block, drafter=run.model.config.diffusion_drafter))
             conf = probs.gather(-1, tokens[..., None]).squeeze(-1).masked_fill(~masked, -1.0)
             for b in range(run.batch):
                 if finished[b]:

@@ -75,7 +75,7 @@ class Server:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.has_drafter = loaded.has_drafter
-        self.name = config.served_model_name or loaded.path.name
+        self.name = config.served_model_name or loaded.name
         mc = loaded.model.config
         self.context = mc.max_position_embeddings
         self.vocab_size = mc.vocab_size

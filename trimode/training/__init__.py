@@ -28,7 +28,7 @@ from .._lazy import lazy_exports
 # importing torch. The trainer and the converter are imported on first use (PEP 562).
 from .config import PRESETS, DrafterConfig, ModelSpec, TrainConfig, apply_overrides, debug, preset_config, tiny
 
-_LAZY = {"Converted": ".convert", "convert_hf_checkpoint": ".convert", "TrainResult": ".trainer", "train": ".trainer"}
+_LAZY = {"Converted": "..conversion", "convert_hf_checkpoint": "..conversion", "TrainResult": ".trainer", "train": ".trainer"}
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -85,6 +85,9 @@ class DrafterConfig:
     n_eval_prompts: int = _f(64, "held-out prompts for the eval loss")
     code_prompt_fraction: float = _f(0.5, "share of prompts that are code prefixes (the rest: task prompts)")
     code_prompt_tokens: list[int] = _f([16, 128], "min,max length in tokens of a code-prefix prompt")
+    instruction_fraction: float = _f(0.0, "share of prompts that are chat-style instructions (general ones and "
+                                     "questions about the standard library; the rest after code and these: "
+                                     "task prompts)")
     gen_tokens: int = _f(96, "tokens of AR greedy continuation generated per prompt (the distillation targets)")
     gen_batch: int = _f(32, "prompts per batched AR generation call")
     blocks_per_sequence: int = _f(8, "draft blocks (random cut points in the continuation) per sample and step")
@@ -189,6 +192,9 @@ class TrainConfig:
         need(d.block_length is None or d.block_length >= 2, f"drafter.block_length={d.block_length} must be >= 2")
         need(d.n_prompts >= 1 and d.gen_tokens >= 2 and d.gen_batch >= 1 and d.blocks_per_sequence >= 1,
              "drafter.n_prompts, gen_batch, blocks_per_sequence must be >= 1 and drafter.gen_tokens >= 2")
+        need(0 <= d.instruction_fraction <= 1 and d.code_prompt_fraction + d.instruction_fraction <= 1,
+             f"drafter.instruction_fraction={d.instruction_fraction} must be in [0, 1] and leave "
+             f"code_prompt_fraction={d.code_prompt_fraction} + instruction_fraction <= 1")
         need(0 <= d.code_prompt_fraction <= 1, f"drafter.code_prompt_fraction={d.code_prompt_fraction} "
              "must be in [0, 1]")
         need(len(d.code_prompt_tokens) == 2 and 1 <= d.code_prompt_tokens[0] <= d.code_prompt_tokens[1],
@@ -274,7 +280,27 @@ def debug(stage: str = "ar") -> TrainConfig:
     )
 
 
-PRESETS: dict[str, Callable[[str], TrainConfig]] = {"debug": debug, "tiny": tiny}
+def smol(stage: str = "drafter") -> TrainConfig:
+    """trimode-smol: the drafter of a converted SmolLM2-135M-Instruct (``trimode convert``), design (b).
+
+    The base stays frozen and bit-identical; a LoRA on all seven projections (active only in
+    draft positions) carries the draft pathway, self-distilled from the base's own greedy
+    continuations of code prefixes, chat-style instructions and task prompts.
+    ``scripts/train_trimode_smol.sh`` runs it; ``models/trimode-smol/README.md`` says what it reached.
+    """
+    if _check_stage(stage) != "drafter":
+        raise ValueError(f"preset smol has only the drafter stage (the base is frozen), not stage={stage!r}")
+    return TrainConfig(
+        stage=stage,
+        drafter=DrafterConfig(r=32, target_modules=list(LORA_TARGETS), block_length=8, n_prompts=4096,
+                              n_eval_prompts=64, gen_tokens=96, gen_batch=256, code_prompt_fraction=0.4,
+                              instruction_fraction=0.4, blocks_per_sequence=8),
+        steps=1200, lr=1e-3, micro_batch=32, seq_len=256, eval_interval=100, checkpoint_interval=200,
+        log_interval=10,
+    )
+
+
+PRESETS: dict[str, Callable[[str], TrainConfig]] = {"debug": debug, "tiny": tiny, "smol": smol}
 
 
 def _check_stage(stage: str) -> str:

@@ -46,7 +46,8 @@ from safetensors.torch import save_file
 
 from ..cache import KVCache
 from ..data.corpus import CodeCorpus
-from ..data.tasks import format_prompt, iter_tasks
+from ..data.instructions import sample_instructions
+from ..data.tasks import format_user_turn, iter_tasks
 from ..tokenization import chat_prompt_ids
 from .config import DrafterConfig, TrainConfig
 from .data import DRAFTER_TASK_SEED, encode_code, families, generator_for, pad_id
@@ -99,17 +100,22 @@ def drafter_prompts(tokenizer, cfg: TrainConfig, split: str, n: int) -> list[lis
             code.append(ids[start:start + length])
             if len(code) == n_code:
                 break
+    n_inst = round(n * d.instruction_fraction)
+    texts = sample_instructions(split, n_inst, cfg.seed, cfg.max_files) if n_inst else []
+    chat = [_chat_ids(tokenizer, text)[-max_len:] for text in texts]
     tasks = iter_tasks(split, cfg.seed + DRAFTER_TASK_SEED, families(cfg))
-    prompts = [_task_prompt_ids(tokenizer, next(tasks))[-max_len:] for _ in range(n - len(code))]
-    return code + prompts
+    prompts = [_chat_ids(tokenizer, next(tasks).prompt)[-max_len:] for _ in range(n - len(code) - len(chat))]
+    return code + chat + prompts
 
 
-def _task_prompt_ids(tokenizer, task) -> list[int]:
-    """A task as the model's own chat template renders it (a converted chat model's), else in
-    trimode's chat format (a tokenizer trained by trimode renders exactly that)."""
+def _chat_ids(tokenizer, text: str) -> list[int]:
+    """A user turn as the model's own chat template renders it (a converted chat model's), else
+    in trimode's chat format (a tokenizer trained by trimode renders exactly that)."""
     if getattr(tokenizer, "chat_template", None):
-        return chat_prompt_ids(tokenizer, task.prompt)
-    return tokenizer.encode(format_prompt(task), add_special_tokens=False)
+        return chat_prompt_ids(tokenizer, text)
+    return tokenizer.encode(format_user_turn(text), add_special_tokens=False)
+
+
 
 
 @torch.no_grad()

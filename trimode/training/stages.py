@@ -35,7 +35,7 @@ from ..data.tasks import iter_tasks
 from ..loading import DRAFTER_SUBFOLDER, quiet_transformers
 from ..modeling import TrimodeModel
 from .config import TrainConfig
-from .convert import TRIMODE_MODEL_TYPES, convert_hf_checkpoint, is_convertible, model_type_of
+from ..conversion import TRIMODE_MODEL_TYPES, convert_hf_checkpoint, is_convertible, model_type_of
 from .data import (fixed_batches, global_batch_size, make_batcher, pretraining_sequences, sft_sequences)
 from .distributed import DistInfo, barrier
 from .objectives import AutoregressiveObjective, JointObjective, Objective

@@ -19,11 +19,18 @@ the ``* world_size`` undoes. Only float summation order differs.
 Exact resume: model (trainable) weights, AdamW state, lr-schedule step and data-iterator
 position are checkpointed (see :mod:`trimode.training.checkpoint`); nothing else carries
 state, so a resumed run reproduces the uninterrupted one bit for bit on the same machine.
+
+Stopping early: SIGTERM (what ``timeout``, SLURM and Kubernetes send before killing a job)
+ends the run after the step in flight with a checkpoint and an export of the weights
+reached, so nothing is lost; ``--resume`` continues it exactly.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -177,6 +184,18 @@ def _train(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None, token
     data = iter(stage.batcher)
     t0 = time.perf_counter()
     window_t, window_tokens = t0, 0
+    stop = _StopRequest(dist)
+
+    def checkpoint() -> None:
+        if dist.is_main:
+            save_checkpoint(ckpt_root, step, stage.trainable_state(), optimizer, {
+                "step": step, "stage": stage.name, "config": cfg.to_dict(),
+                "scheduler": scheduler.state_dict(), "data": stage.batcher.state_dict(),
+                "tokens": tokens_seen, "elapsed": elapsed_before + time.perf_counter() - t0,
+                "global_batch": G, "world_size": dist.world_size}, cfg.keep_checkpoints)
+            plot_loss_curve(out / LOG_FILE, out / CURVE_FILE, f"trimode {stage.name}")
+        barrier(dist)
+
     try:
         while step < cfg.steps:
             batch = next(data)
@@ -222,21 +241,25 @@ def _train(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None, token
                     log.write({"step": step, "eval_loss": eval_loss})
                     history.append({"step": step, "eval_loss": eval_loss})
                     bar.write(f"step {step}: eval_loss {eval_loss:.4f}")
-            if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0:
-                if dist.is_main:
-                    save_checkpoint(ckpt_root, step, stage.trainable_state(), optimizer, {
-                        "step": step, "stage": stage.name, "config": cfg.to_dict(),
-                        "scheduler": scheduler.state_dict(), "data": stage.batcher.state_dict(),
-                        "tokens": tokens_seen, "elapsed": elapsed_before + time.perf_counter() - t0,
-                        "global_batch": G, "world_size": dist.world_size}, cfg.keep_checkpoints)
-                    plot_loss_curve(out / LOG_FILE, out / CURVE_FILE, f"trimode {stage.name}")
-                barrier(dist)
+            on_interval = bool(cfg.checkpoint_interval) and step % cfg.checkpoint_interval == 0
+            if on_interval:
+                checkpoint()
             if logged:  # the next throughput window starts after eval / checkpoint time
                 window_t, window_tokens = time.perf_counter(), 0
             if on_step is not None:
                 on_step(step, record)
+            if stop.requested() and step < cfg.steps:
+                if not on_interval:
+                    checkpoint()
+                info["stopped_at"] = step
+                if dist.is_main:
+                    print(f"stopped by {stop.signal_name} after step {step} of {cfg.steps}: checkpoint saved and "
+                          f"weights exported; continue with the same command and --resume", file=sys.stderr,
+                          flush=True)
+                break
     finally:
         bar.close()
+        stop.restore()
 
     if dist.is_main:
         stage.export(out)
@@ -244,6 +267,36 @@ def _train(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None, token
     barrier(dist)
     info["elapsed"] = elapsed_before + time.perf_counter() - t0
     return TrainResult(out=out, step=step, history=history, eval_loss=eval_loss, info=info)
+
+
+class _StopRequest:
+    """Turns SIGTERM into a request to stop after the current step (main thread only: signal
+    handlers cannot be installed elsewhere, and a run in a thread is stopped by its owner)."""
+
+    def __init__(self, dist: DistInfo):
+        self.dist = dist
+        self.signal_name = "SIGTERM"
+        self._flag = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self._flag:  # a second SIGTERM: stop now, as without the handler
+            sys.exit(128 + signum)
+        self._flag = True
+
+    def requested(self) -> bool:
+        """True on every rank once any rank was signalled (one all-reduce per step under DDP)."""
+        if self.dist.world_size == 1:
+            return self._flag
+        flag = torch.tensor([float(self._flag)], dtype=torch.float64, device=self.dist.device)
+        return all_reduce_sum(flag, self.dist).item() > 0
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 __all__ = ["train", "TrainResult", "Stage"]

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..configuration import TrimodeConfig
-from ..loading import require_safetensors
-from ..modeling import TrimodeModel
+from .configuration import TrimodeConfig
+from .loading import require_safetensors
+from .modeling import TrimodeModel
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "ministral3")
 TRIMODE_MODEL_TYPES = ("trimode", "nemotron_labs_diffusion")
