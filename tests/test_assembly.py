@@ -80,6 +80,11 @@ def test_changed_shipped_files_give_a_new_assembly(shipped):
 
 def test_missing_or_different_base_is_a_clear_error(shipped, monkeypatch):
     source, gguf_file, _ = shipped
+    with monkeypatch.context() as m:
+        find = assembly.importlib.util.find_spec
+        m.setattr(assembly.importlib.util, "find_spec", lambda name: None if name == "gguf" else find(name))
+        with pytest.raises(ModuleNotFoundError, match=r"needs the gguf package: pip install \"trimode\[gguf\]\""):
+            load(source)
     gguf_file.write_bytes(gguf_file.read_bytes()[:-1] + b"\x01")  # same size, other bytes
     with pytest.raises(ValueError, match="does not match the SHA-256.*pip install fakebase-dist"):
         load(source)

@@ -105,6 +105,8 @@ def test_config_errors_name_the_field(bad, match):
     (dict(top_p=0.0), "top_p=0.0"),
     (dict(prompt=[[]]), "prompt 0 is empty"),
     (dict(prompt=[[5, 999]]), "token id 999"),
+    (dict(prompt=[{"input_ids": [5, 6], "attention_mask": [1, 1]}]), r"holds 'input_ids' \(str\), not a token id"),
+    (dict(prompt=[[5, 6.0]]), r"holds 6.0 \(float\)"),
 ])
 def test_decoder_argument_errors(call, match):
     model = tiny_model()

@@ -164,6 +164,9 @@ def assemble(path: str | os.PathLike, quiet: bool = False) -> Path:
                                 f"{assembly.base.package} package carries, and it is not installed: "
                                 f"{assembly.base.install}")
     _check_base(base, assembly.base)
+    if base.suffix == ".gguf" and importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(f"{assembly.name} is assembled from a GGUF file, which needs the gguf package: "
+                                  f"pip install \"trimode[gguf]\" (or pip install -e \".[gguf]\" in a clone)")
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"{assembly.name}: first load: assembling it from {base} (GGUF -> float32, mask token "
         f"{assembly.mask_token_id} added) into {target} ...")

@@ -2,7 +2,7 @@
 
 No arguments needed: it loads the default model (trimode-smol when its base is
 installed, else trimode-tiny; or ``--model DIR``), says what the model is, runs the fixed
-prompts of :mod:`.demo_prompts` (a chat request and a function to complete; for a model
+prompts of :mod:`.demo_prompts` (a chat request and a request for code; for a model
 trained by ``trimode train``, a code prompt and a held-out checkable task) in every mode,
 and prints each mode's text and a table of nfe, TPF, tokens and forwards per cycle,
 tokens/s and, for a task, whether the answer is right.
@@ -33,16 +33,16 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def demo_prompts(tokenizer, families: list[str] | None) -> list[tuple[str, list[int], object, str]]:
+def demo_prompts(tokenizer, families: list[str] | None, chat: bool) -> list[tuple[str, list[int], object, str]]:
     """(name, prompt ids, task or None, text to show). A model trained by ``trimode train`` (``families``: its
     trained task families): the code prompt, then a held-out task of the first of ``families``
-    that the demo has. Another model with a chat template (a converted chat model): a chat
-    request, then a request for code."""
+    that the demo has. A chat model (``chat``, see :func:`~trimode.evaluation.prompts.is_chat_model`): a
+    chat request, then a request for code."""
     from ..data.tasks import format_prompt
     from ..tokenization import chat_prompt_ids
     from .demo_prompts import CHAT_NAME, CHAT_PROMPT, CODE_NAME, CODE_PROMPT, CODE_REQUEST, CODE_REQUEST_NAME, demo_task
 
-    if not families and getattr(tokenizer, "chat_template", None):
+    if chat:
         return [(CHAT_NAME, chat_prompt_ids(tokenizer, CHAT_PROMPT), None, f"user: {CHAT_PROMPT}"),
                 (CODE_REQUEST_NAME, chat_prompt_ids(tokenizer, CODE_REQUEST), None, f"user: {CODE_REQUEST}")]
     task = demo_task(families)
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.tasks import score
     from ..evaluation.accuracy import answer_budget
-    from ..evaluation.prompts import trained_families
+    from ..evaluation.prompts import is_chat_model, trained_families
 
     started = time.perf_counter()
     loaded = load_model(args, need="to encode its prompts")
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"({loaded.path}; LoRA drafter: {'yes' if loaded.has_drafter else 'no'}; "
           f"{next(model.parameters()).dtype}; threads: {torch.get_num_threads()})\n")
     rows = []
-    for name, ids, task, shown in demo_prompts(tok, families):
+    for name, ids, task, shown in demo_prompts(tok, families, is_chat_model(model.config, tok)):
         print(f"##### {name}\n{shown}")
         for mode in MODE_CHOICES:
             # chat and code: a fixed length; the task: room for its whole answer in every mode, as in eval

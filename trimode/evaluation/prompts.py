@@ -75,6 +75,13 @@ def trained_families(model_config) -> list[str] | None:
     return fams or None
 
 
+def is_chat_model(model_config, tokenizer) -> bool:
+    """A model with a chat template that ``trimode train`` did not train on its own tasks (those
+    record their task families and continue text, like trimode-tiny): a converted chat model,
+    such as trimode-smol, which should be prompted through its template."""
+    return bool(getattr(tokenizer, "chat_template", None)) and not trained_families(model_config)
+
+
 def task_prompt_set(tokenizer, n: int, seed: int = 0, families: list[str] | None = None) -> PromptSet:
     """``n`` held-out tasks (families round-robin), chat-rendered and encoded."""
     from ..data.tasks import format_prompt, generate_tasks

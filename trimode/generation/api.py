@@ -50,6 +50,10 @@ def normalize_prompts(prompt_ids, attention_mask=None, vocab_size: int | None = 
     for i, r in enumerate(rows):
         if not r:
             raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+        wrong = next((t for t in r if not isinstance(t, int) or isinstance(t, bool)), None)
+        if wrong is not None:  # e.g. a tokenizer's BatchEncoding (its keys) or text instead of ids
+            raise ValueError(f"prompt {i} holds {wrong!r} ({type(wrong).__name__}), not a token id: give token-id "
+                             f"lists or a tensor (from a tokenizer's BatchEncoding, pass its ['input_ids'])")
         if vocab_size is not None:
             bad = [t for t in r if not 0 <= t < vocab_size]
             if bad:
