@@ -5,8 +5,8 @@ The drafter is a PEFT LoRA adapter on every ``o_proj`` (the published
 projections), switched on only in draft forwards; the base is frozen,
 so verification (and therefore the output) never changes, only acceptance rises.
 
-Objective **(ours; the published one is not public)**: for prompts (task prompts and code
-prefixes), the frozen model's own AR greedy continuation ``c_0 c_1 ...`` is the target. A
+Objective **(ours; the published one is not public)**: for prompts (code prefixes, chat-style
+instructions, task prompts), the frozen model's own AR greedy continuation ``c_0 c_1 ...`` is the target. A
 linear-speculation cycle whose pending token is ``c_j`` drafts from
 
     prefix  = prompt + c_0 .. c_{j-1}       keys/values from the adapter-free model (cache)
@@ -83,7 +83,8 @@ def attach_drafter(model: torch.nn.Module, cfg: DrafterConfig, seed: int):
 
 # ------------------------------------------------------------------ distillation data
 def drafter_prompts(tokenizer, cfg: TrainConfig, split: str, n: int) -> list[list[int]]:
-    """``n`` prompts: task prompts (chat template) and code prefixes, deterministic per (seed, split)."""
+    """``n`` prompts: code prefixes, chat-style instructions, then task prompts (the shares of
+    ``drafter.code_prompt_fraction`` and ``instruction_fraction``), deterministic per (seed, split)."""
     d = cfg.drafter
     max_len = cfg.seq_len - d.gen_tokens
     rng = random.Random(f"{cfg.seed}:drafter-prompts:{split}")
