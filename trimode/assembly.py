@@ -142,7 +142,10 @@ def _check_base(path: Path, spec: BaseSpec) -> None:
 
 def assembled_path(path: str | os.PathLike) -> Path:
     """The cache directory the assembly at ``path`` is (or will be) assembled into."""
-    assembly = read_assembly(path)
+    return _target(read_assembly(path))
+
+
+def _target(assembly: Assembly) -> Path:
     return cache_root() / f"{assembly.name}-{_key(assembly)}"
 
 
@@ -155,7 +158,7 @@ def assemble(path: str | os.PathLike, quiet: bool = False) -> Path:
     from .loading import quiet_transformers
 
     assembly = read_assembly(path)
-    target = cache_root() / f"{assembly.name}-{_key(assembly)}"
+    target = _target(assembly)
     if (target / COMPLETE_MARKER).is_file():
         return target
     base = find_base(assembly.base)

@@ -61,8 +61,8 @@ def describe(loaded, families: list[str] | None) -> str:
     line = f"{loaded.name}: {base / 1e6:.1f}M parameters"
     if families:  # written by `trimode train`, which trains on stdlib code and these task families
         line += f", trained on Python stdlib code and synthetic tasks ({', '.join(families)}); not a chat model"
-    elif (loaded.path / ASSEMBLY_FILE).is_file() and read_assembly(loaded.path).description:
-        line += f", {read_assembly(loaded.path).description}"
+    elif (loaded.path / ASSEMBLY_FILE).is_file() and (description := read_assembly(loaded.path).description):
+        line += f", {description}"
     return line
 
 
