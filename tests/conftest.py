@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import torch
 
@@ -11,4 +12,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from trimode.loading import SHIPPED_MODEL  # noqa: E402
 
 os.environ.setdefault("TRIMODE_MODEL", str(SHIPPED_MODEL))
+# Assembled models and persisted forward costs go to a cache of the test session's own, never the
+# user's (a curve measured under a busy test run must not decide their block lengths).
+os.environ.setdefault("TRIMODE_CACHE", tempfile.mkdtemp(prefix="trimode-test-cache-"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))

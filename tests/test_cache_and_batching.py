@@ -72,32 +72,3 @@ def test_padding_mask_forward_matches_unpadded():
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
     out = model(ids, attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])).logits
     assert torch.allclose(out[1, :2], model(ids[1:, :2]).logits[0], atol=1e-4)
-
-
-def test_decode_layout_matches_default_and_tracks_weight_updates():
-    from trimode.modeling import Projection
-
-    model = tiny_model(seed=9)
-    ids = torch.randint(4, 48, (1, 6))
-    with torch.no_grad():
-        want = model(ids[:, :1]).logits
-        model.enable_decode_layout()
-        got = model(ids[:, :1]).logits
-        assert torch.allclose(got, want, atol=1e-4)
-        head = model.diffusion_head
-        assert isinstance(head, Projection) and head._decode_weight is not None
-        head.weight.mul_(2.0)  # an optimizer-style in-place update must rebuild the copy
-        assert torch.allclose(model(ids[:, :1]).logits, 2 * want, atol=1e-3)
-    assert set(model.state_dict()) == set(tiny_model(seed=9).state_dict())  # checkpoint unaffected
-    # Multi-token forwards and autograd never use the copy.
-    model.enable_decode_layout(False)
-    assert head._decode_weight is None
-
-
-def test_speculation_exact_with_decode_layout():
-    model = tiny_model(seed=12).enable_decode_layout()
-    prompts = random_prompts(torch.Generator().manual_seed(12), 3)
-    ref, _ = model.ar_generate(prompts, max_new_tokens=19, eos_token_id=[])
-    for mode in ("linear-spec", "quadratic-spec"):
-        out, _ = model.decode_mode(mode, prompts, max_new_tokens=19, block_length=5, eos_token_id=[])
-        assert torch.equal(out, ref), mode

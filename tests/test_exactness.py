@@ -14,9 +14,11 @@ N_CASES = 36
 TOTALS = {"accepted": 0, "rolled_back": 0}
 
 
-def _case(i: int):
+def _case(i: int, layout: str = "dense"):
     gen = torch.Generator().manual_seed(1000 + i)
     model = tiny_model(seed=i % 6, std=0.6 + 0.1 * (i % 4), vocab_size=[16, 24, 48][i % 3])
+    if layout == "packed":
+        model.pack_weights()  # what trimode.loading.load does on CPU
     block = int(torch.randint(1, 33, (1,), generator=gen))
     max_new = block * int(torch.randint(1, 4, (1,), generator=gen)) + int(torch.randint(1, block + 1, (1,),
                                                                                           generator=gen))
@@ -41,9 +43,10 @@ def _reference(model, prompts, max_new, eos):
     return rows
 
 
+@pytest.mark.parametrize("layout", ["dense", "packed"])
 @pytest.mark.parametrize("i", range(N_CASES))
-def test_speculative_equals_ar_greedy(i):
-    model, prompts, block, max_new = _case(i)
+def test_speculative_equals_ar_greedy(i, layout):
+    model, prompts, block, max_new = _case(i, layout)
     # Pick an EOS that the reference emits mid-way (at a position not at a block boundary when possible).
     free = _reference(model, prompts[:1], max_new, eos=set())[0][len(prompts[0]):]
     eos_at = min(len(free) - 1, block // 2 + 1 if block > 2 else 1)
@@ -68,7 +71,7 @@ def test_cases_exercise_both_accept_and_reject():
     """Guard against a vacuous contract: the random cases above must accept and reject drafts."""
     if TOTALS["accepted"] == 0 and TOTALS["rolled_back"] == 0:
         for i in range(N_CASES):
-            test_speculative_equals_ar_greedy(i)
+            test_speculative_equals_ar_greedy(i, "dense")
     assert TOTALS["accepted"] > 0
     assert TOTALS["rolled_back"] > 0
 

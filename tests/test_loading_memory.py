@@ -5,7 +5,8 @@ A bfloat16 checkpoint in the published layout (sharded, with an index) is loaded
 (``VmHWM``) above its resident memory just before loading (torch and transformers
 imported). Two copies of the weights would show as a peak of twice the loaded size
 (bfloat16: file + mapped file; float32: converted model + the whole mapped file), so the
-bound sits between one and two copies. Memory, not timing, is what is asserted.
+bound sits between one and two copies (plus, for float32, the one matrix that packing
+holds twice for a moment). Memory, not timing, is what is asserted.
 """
 
 import json
@@ -44,7 +45,9 @@ with torch.no_grad():
         p.sum()  # touch every weight: memory-mapped pages count once read
 peak = status("VmHWM")
 weights = sum(p.numel() * p.element_size() for p in model.parameters())
-print(json.dumps({"increase": peak - before, "weights": weights, "dtype": str(next(model.parameters()).dtype)}))
+largest = max(p.numel() * p.element_size() for p in model.parameters())
+print(json.dumps({"increase": peak - before, "weights": weights, "largest": largest,
+                  "dtype": str(next(model.parameters()).dtype)}))
 """
 
 
@@ -70,4 +73,6 @@ def _peak_in_child(path, dtype: str) -> dict:
 def test_sharded_load_holds_one_copy(sharded_bf16, dtype):
     got = _peak_in_child(sharded_bf16, dtype)
     assert got["dtype"] == f"torch.{dtype}"
-    assert got["increase"] <= BOUND * got["weights"], got
+    # float32 on CPU is packed after loading, one matrix at a time: that one is briefly held twice.
+    packing = got["largest"] if dtype == "float32" else 0
+    assert got["increase"] <= BOUND * got["weights"] + packing, got

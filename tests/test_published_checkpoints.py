@@ -203,7 +203,7 @@ def test_auto_keeps_bfloat16_when_float32_does_not_fit(checkpoints, monkeypatch,
     monkeypatch.setattr("trimode.loading.available_memory", lambda: 100_000)  # bytes
     model = load(checkpoints["nld-8b"], drafter=False).model
     assert next(model.parameters()).dtype == torch.bfloat16
-    assert not model.encoder.layers[0].self_attn.q_proj.decode_layout  # its copy would not fit either
+    assert not model.encoder.layers[0].self_attn.q_proj.packed  # packing is for float32
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bfloat16" in err[0] and "float32" in err[0]
 

@@ -65,7 +65,7 @@ def test_ar_output_is_the_original_models(smol, prompts):
     for prompt in prompts:
         got, _ = smol.model.ar_generate([prompt], max_new_tokens=12, eos_token_id=[])
         with torch.no_grad():
-            torch.testing.assert_close(smol.model(got).logits[..., :vocab], original(got).logits, rtol=0, atol=1e-4)
+            torch.testing.assert_close(smol.model(got).logits[..., :vocab], original(got).logits, rtol=0, atol=5e-4)
             ids = torch.tensor([prompt])
             for _ in range(12):
                 ids = torch.cat([ids, original(ids).logits[:, -1:].argmax(-1)], 1)

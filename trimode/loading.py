@@ -50,9 +50,6 @@ DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 # "auto" computes in float32 on CPU when the float32 weights take at most this share of the
 # memory available before loading; the rest is left for activations, KV caches and the OS.
 FLOAT32_FIT_FRACTION = 0.8
-# The CPU decode layout (a transposed copy of every projection weight) is kept only when the
-# weights plus that copy take at most this share of the memory available before loading.
-DECODE_LAYOUT_FIT_FRACTION = 0.6
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 # safetensors header dtype names -> torch dtypes (the floating ones a checkpoint may hold).
@@ -132,11 +129,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         tokenizer = _load_tokenizer(path)
     model = model.to(device).eval()
     if device.type == "cpu":
-        if decode_layout_fits(model, available):
-            model.enable_decode_layout()  # faster single-token decode on CPU (see modeling.Projection)
-        elif verbose:
-            print("trimode: CPU decode layout off: its weight copy would not fit comfortably in memory",
-                  file=sys.stderr)
+        model.pack_weights()  # CPU matmul layout for every forward width (see modeling.Projection)
     return Loaded(model=model, tokenizer=tokenizer, path=path, has_drafter=has_drafter)
 
 
@@ -317,19 +310,6 @@ def _attach_drafter(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return PeftModel.from_pretrained(model, path, subfolder=DRAFTER_SUBFOLDER).model
-
-
-def decode_layout_fits(model: torch.nn.Module, available: int | None) -> bool:
-    """Whether the weights plus the decode layout's transposed copy of every projection fit
-    comfortably (``DECODE_LAYOUT_FIT_FRACTION``) in the memory available before loading.
-    Measured before loading because memory-mapped weights are not resident yet."""
-    from .modeling import Projection
-
-    if available is None:
-        return True
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    copy = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, Projection))
-    return weights + copy <= DECODE_LAYOUT_FIT_FRACTION * available
 
 
 def _load_tokenizer(path: Path):

@@ -111,16 +111,18 @@ def quadratic_pattern(n_causal: int, anchors: list[int], group_size: int, device
     return sees_causal | sees_own_group
 
 
-def with_prefix(pattern: torch.Tensor, past_lengths: torch.Tensor) -> torch.Tensor:
+def with_prefix(pattern: torch.Tensor, past_lengths: torch.Tensor, max_past: int | None = None) -> torch.Tensor:
     """Full mask over the cache: every new token sees its row's prefix, then ``pattern``.
 
-    pattern: (Q, Q) or (batch, Q, Q) bool; past_lengths: (batch,) committed tokens per row.
+    pattern: (Q, Q) or (batch, Q, Q) bool; past_lengths: (batch,) committed tokens per row;
+    max_past: ``max(past_lengths)`` when the caller knows it on the host (the cache's
+    ``max_length``): reading it from a device tensor would be a host sync per forward.
     Returns (batch, 1, Q, max(past_lengths) + Q) bool, matching :meth:`KVCache.store`'s
     layout (row b's new tokens sit at slots past_lengths[b] ..).
     """
     batch = past_lengths.shape[0]
     n_q = pattern.shape[-1]
-    kv_len = int(past_lengths.max()) + n_q
+    kv_len = (int(past_lengths.max()) if max_past is None else max_past) + n_q
     slot = torch.arange(kv_len, device=pattern.device)[None, :]  # (1, K)
     rel = slot - past_lengths[:, None]  # (batch, K): slot relative to the row's first new token
     in_prefix = rel < 0

@@ -35,36 +35,158 @@ from .masks import causal_pattern, with_prefix
 
 
 class Projection(nn.Linear):
-    """``nn.Linear`` that can keep a second, transposed copy of its weight for decoding.
+    """``nn.Linear`` whose weight can be packed for fast CPU inference.
 
-    Single-token decoding is bandwidth-bound: each step streams every weight once.
-    On CPU, ``x @ W^T`` with ``W^T`` stored contiguous (in, out) streams markedly faster
-    than the default (out, in) layout, while multi-token forwards (prefill, verify,
-    training) are faster with the default. With :meth:`TrimodeModel.enable_decode_layout`
-    on, forwards of at most ``DECODE_ROWS`` rows without autograd use the copy. The
-    parameter itself, its name and shape never change (checkpoints are unaffected);
-    the copy is rebuilt whenever the weight changes (in-place updates bump ``_version``).
+    A bandwidth-bound forward streams every weight once; how fast depends on the layout
+    the matmul reads. :meth:`TrimodeModel.pack_weights` hands each projection's weight to
+    a :class:`PackedWeights` (oneDNN's blocked layout, one for q/k/v together and one for
+    gate/up together), which serves a 1-token decode step and a 16-token verify alike.
+    The parameter keeps its name and shape (checkpoints, PEFT targeting and LoRA work as
+    before) but no longer holds its own copy: its data becomes a one-element placeholder.
+    ``state_dict`` still returns the real values, and anything that needs the dense
+    weight back (a forward with gradients, ``.to()``, ``load_state_dict``) unpacks first.
     """
-
-    DECODE_ROWS = 2
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.decode_layout = False
-        self._decode_weight: torch.Tensor | None = None
-        self._decode_key = None
+        self._packed: PackedWeights | None = None
+        self._precomputed: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, output) from a group
+
+    @property
+    def packed(self) -> bool:
+        return self._packed is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.decode_layout and x.numel() <= self.DECODE_ROWS * self.in_features and not (
-                torch.is_grad_enabled() and self.weight.requires_grad):
-            w = self.weight
-            key = (w.data_ptr(), w._version, w.device, w.dtype)
-            if key != self._decode_key:
-                self._decode_weight = w.detach().t().contiguous()  # (in, out)
-                self._decode_key = key
-            out = x @ self._decode_weight
-            return out + self.bias if self.bias is not None else out
+        pre, self._precomputed = self._precomputed, None
+        if pre is not None and pre[0] is x:  # computed together with its group (see project_together)
+            return pre[1]
+        if self._packed is not None:
+            if not (torch.is_grad_enabled() and self.weight.requires_grad):
+                return self._packed(x)[self._packed.members.index(self)]
+            self._packed.unpack()  # training: gradients need the dense weight
         return F.linear(x, self.weight, self.bias)
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .float(), .cuda(), ...: move the real values, not the placeholder.
+        if self._packed is not None:
+            self._packed.unpack()
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._packed is not None:
+            destination[prefix + "weight"] = self._packed.dense(self)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self._packed is not None:
+            self._packed.unpack()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class PackedWeights:
+    """oneDNN-packed weights for one or more :class:`Projection` s that read the same input.
+
+    Stacking q/k/v (or gate/up) makes one bigger matmul instead of three (two) small
+    ones; the packed layout is what oneDNN's CPU kernels stream fastest for any number
+    of rows. The stacked rows are packed in chunks of at most ``CHUNK_BYTES``, each
+    member's dense weight released as soon as its rows are packed, so packing a model
+    never holds more than one chunk twice. CPU float32 only (see :func:`packable`).
+    """
+
+    ROWS_HINT = 16  # the row count oneDNN tunes the layout for; it stays fast from 1 to hundreds
+    CHUNK_BYTES = 32 * 2**20
+
+    def __init__(self, members: list[Projection]):
+        self.members = members
+        self.sizes = [m.out_features for m in members]
+        w = members[0].weight
+        rows = max(1, self.CHUNK_BYTES // (w.shape[1] * w.element_size()))
+        self.chunks: list[torch.Tensor] = []  # packed (rows_i, in) pieces of the stacked (sum(out), in) matrix
+        total, done = sum(self.sizes), 0
+        ends = [sum(self.sizes[:i + 1]) for i in range(len(members))]
+        for start in range(0, total, rows):
+            stop = min(start + rows, total)
+            self.chunks.append(torch.ops.mkldnn._reorder_linear_weight(self._rows(start, stop), self.ROWS_HINT))
+            while done < len(members) and ends[done] <= stop:  # every row of this member is packed
+                self._release(members[done])
+                done += 1
+        biases = [m.bias for m in members]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        self._bias_chunks = None if self.bias is None else list(self.bias.split(rows))
+
+    def _rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the members' weights stacked, as one contiguous (stop - start, in) tensor."""
+        pieces, offset = [], 0
+        for m, size in zip(self.members, self.sizes):
+            lo, hi = max(start, offset), min(stop, offset + size)
+            if lo < hi:
+                pieces.append(m.weight.detach()[lo - offset:hi - offset])
+            offset += size
+        return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces)
+
+    def _release(self, member: Projection) -> None:
+        w = member.weight
+        member.weight.data = torch.empty(1, dtype=w.dtype, device=w.device).expand(w.shape)  # same Parameter object
+        member._packed = self
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x (..., in) -> one (..., out_i) view per member."""
+        outs = [torch.ops.mkldnn._linear_pointwise(x, w, None if self._bias_chunks is None else self._bias_chunks[i],
+                                                   "none", [], "")
+                for i, w in enumerate(self.chunks)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (..., sum(out))
+        return list(out.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [out]
+
+    def _dense(self) -> torch.Tensor:
+        return torch.cat([c.to_dense() for c in self.chunks])  # (sum(out), in)
+
+    def dense(self, member: Projection) -> torch.Tensor:
+        """member's dense (out, in) weight."""
+        i = self.members.index(member)
+        start = sum(self.sizes[:i])
+        return self._dense()[start:start + self.sizes[i]].clone()
+
+    def unpack(self) -> None:
+        """Give every member its dense weight back and drop the packed copy."""
+        for m, w in zip(self.members, self._dense().split(self.sizes)):
+            m.weight.data = w.clone()
+            m._packed = None
+        self.members, self.chunks = [], []
+
+
+def packable(projections: list[Projection]) -> bool:
+    """Packing pays for float32 CPU weights (bfloat16 is the choice when memory is short, and packing a
+    memory-mapped checkpoint would keep its file pages beside the packed copy); a group packs
+    together when dtype, device and bias agree."""
+    w = projections[0].weight
+    return (torch.backends.mkldnn.is_available() and w.device.type == "cpu" and w.dtype == torch.float32
+            and all(p.weight.dtype == w.dtype and p.weight.device == w.device
+                    and (p.bias is None) == (projections[0].bias is None) and p._packed is None
+                    for p in projections))
+
+
+def base_projection(module: nn.Module) -> nn.Module:
+    """The layer under PEFT wrappers (``base_layer`` chains); the module itself otherwise."""
+    while hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module
+
+
+def project_together(modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """``[m(x) for m in modules]``, with one matmul when their weights are packed together.
+
+    Each module is a :class:`Projection` or a PEFT layer wrapping one. The group's
+    output is handed to each base projection for exactly this input, then every module
+    is called as usual, so a wrapping LoRA adds its update (and per-position gate) to it.
+    """
+    bases = [base_projection(m) for m in modules]
+    group = getattr(bases[0], "_packed", None)
+    if (group is not None and len(group.members) == len(bases)
+            and all(b._packed is group for b in bases)
+            and not (torch.is_grad_enabled() and bases[0].weight.requires_grad)):
+        for base, out in zip(bases, group(x)):
+            base._precomputed = (x, out)
+    return [m(x) for m in modules]
 
 
 class RMSNorm(nn.Module):
@@ -135,9 +257,10 @@ class Attention(nn.Module):
     def forward(self, x, rope, mask, cache: KVCache | None):
         B, Q, _ = x.shape
         cos, sin, q_scale = rope
-        q = self.q_proj(x).view(B, Q, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, D)
-        k = self.k_proj(x).view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, Q, D)
-        v = self.v_proj(x).view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = project_together([self.q_proj, self.k_proj, self.v_proj], x)
+        q = q.view(B, Q, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, D)
+        k = k.view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, Q, D)
+        v = v.view(B, Q, self.n_kv, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if q_scale is not None:
@@ -165,7 +288,8 @@ class MLP(nn.Module):
         self.down_proj = Projection(config.intermediate_size, config.hidden_size, bias=bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project_together([self.gate_proj, self.up_proj], x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -287,16 +411,61 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
         self.diffusion_head = Projection(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def enable_decode_layout(self, enabled: bool = True) -> "TrimodeModel":
-        """Keep transposed weight copies for 1-2 row forwards (CPU decode speed; costs one
-        extra copy of the projection weights). Off by default; ``trimode.loading.load``
-        turns it on for CPU models."""
+    def pack_weights(self, enabled: bool = True) -> "TrimodeModel":
+        """Pack the projection weights for CPU inference (see :class:`Projection`), or unpack.
+
+        q/k/v share one packed matrix per layer, gate/up another; the others and the
+        output head are packed alone. CUDA weights and dtypes oneDNN does not pack stay
+        as they are; a forward with gradients unpacks (training sees dense weights).
+        Costs no extra memory: each dense weight is released once packed.
+        ``trimode.loading.load`` packs CPU models.
+        """
         for module in self.modules():
-            if isinstance(module, Projection):
-                module.decode_layout = enabled
-                if not enabled:
-                    module._decode_weight, module._decode_key = None, None
+            if isinstance(module, Projection) and module._packed is not None and not enabled:
+                module._packed.unpack()
+        if enabled:
+            for group in self._projection_groups():
+                # Compiled forwards read the backbone's dense weights (trimode.compiled): only the head packs.
+                if packable(group) and (self._compiled is None or group[0] is self.diffusion_head):
+                    PackedWeights(group)
         return self
+
+    _compiled = None  # a CompiledBackbone when compile_forwards() is on
+
+    def compile_forwards(self, widths=(1,), enabled: bool = True, verbose: bool = True) -> "TrimodeModel":
+        """Compile the backbone for forwards of these widths (new tokens per row), or turn it off.
+
+        Inference only: on CPU the weights are frozen into the graphs (see
+        :mod:`trimode.compiled`). The backbone's projections go back to dense weights
+        (inductor packs them itself); the output head stays packed. A decoder uses the
+        graphs for its forwards of these widths, e.g. ``(1, 8, 72)`` for AR, a block of 8
+        and quadratic-spec's ``8 + 8 * 8``; any other width runs eagerly.
+        """
+        from .compiled import CompiledBackbone
+
+        self._compiled = None
+        if enabled:
+            for layer in self.encoder.layers:
+                for module in layer.modules():
+                    if isinstance(module, Projection) and module._packed is not None:
+                        module._packed.unpack()
+            self._compiled = CompiledBackbone(self.encoder, widths, verbose=verbose)
+        return self
+
+    @property
+    def compiled_forwards(self):
+        """The :class:`~trimode.compiled.CompiledBackbone`, or None (eager forwards)."""
+        return self._compiled
+
+    def _projection_groups(self) -> list[list[Projection]]:
+        """Projections that read the same input, in groups that one matmul can serve."""
+        groups = []
+        for layer in self.encoder.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            groups += [[attn.q_proj, attn.k_proj, attn.v_proj], [attn.o_proj],
+                       [mlp.gate_proj, mlp.up_proj], [mlp.down_proj]]
+        groups.append([self.diffusion_head])
+        return [[base_projection(m) for m in g] for g in groups]
 
     def get_input_embeddings(self):
         return self.encoder.embed_tokens
@@ -358,7 +527,12 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
             raise ValueError(f"use_drafter must be a bool or a bool tensor of shape ({Q},) or ({B}, {Q}), "
                              f"got {use_drafter.dtype} {tuple(use_drafter.shape)}")
         set_drafter_active(self, use_drafter)
-        hidden = self.encoder(input_ids, position_ids, mask, cache)  # (B, Q, hidden)
+        compiled = self._compiled
+        if compiled is not None and cache is not None and cache.full_width and Q in compiled.widths:
+            cache.check_room(Q)  # on the host, outside the graph
+            hidden = compiled(input_ids, position_ids, mask, cache)
+        else:
+            hidden = self.encoder(input_ids, position_ids, mask, cache)  # (B, Q, hidden)
         if cache is not None and cache_write:
             cache.advance(Q)
 
@@ -377,12 +551,15 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
 
     @staticmethod
     def _build_mask(attention_mask, cache, B, Q, device):
-        """Turn the caller's mask argument into what attention takes (see ``forward``)."""
-        uniform_past = cache is None or cache._uniform
+        """Turn the caller's mask argument into what attention takes (see ``forward``).
+
+        Reads the cache's lengths from its host mirror only: a device read would be a host sync.
+        """
+        full_width = cache is not None and cache.full_width
         if attention_mask is None:
-            if cache is None or (int(cache.lengths.max()) == 0):
+            if not full_width and (cache is None or cache.max_length == 0):
                 return "causal" if Q > 1 else None
-            if Q == 1 and uniform_past:
+            if not full_width and Q == 1 and cache.uniform:
                 return None  # one new token after equal-length rows sees everything
             attention_mask = causal_pattern(Q, device=device)
         elif attention_mask.dim() == 2 and attention_mask.shape == (B, Q) and attention_mask.dtype != torch.bool:
@@ -397,8 +574,11 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
         if attention_mask.shape[-1] != Q or attention_mask.shape[-2] != Q:
             raise ValueError(f"attention_mask pattern must be (Q, Q) or (B, Q, Q) with Q={Q}, "
                              f"got {tuple(attention_mask.shape)}")
-        past = cache.lengths if cache is not None else torch.zeros(B, dtype=torch.long, device=device)
-        return with_prefix(attention_mask, past)
+        if cache is None:
+            return with_prefix(attention_mask, torch.zeros(B, dtype=torch.long, device=device), max_past=0)
+        # Full width: the mask spans every slot (its shape never changes with the cached length).
+        past = cache.capacity - Q if full_width else cache.max_length
+        return with_prefix(attention_mask, cache.lengths, max_past=past)
 
 
 class NemotronLabsDiffusionModel(TrimodeModel):

@@ -14,14 +14,17 @@ ceil(4 / B) cycles, so tokens per cycle = 4 / ceil(4 / B):
     8    4                2 * 2.75    0.727
 """
 
+import json
+
 import pytest
 import torch
 
-import trimode.evaluation.autotune as autotune
+import trimode.evaluation.forward_costs as curve
 from helpers import quickly_trained_model, tiny_model
-from trimode.evaluation.autotune import (AcceptanceProfile, AutotuneConfig, auto_block_choice, auto_block_length,
-                                         break_even_acceptance, calibrate, choose_block_length, last_choice,
-                                         measure_forward_costs, measured_break_even)
+from trimode.evaluation.autotune import (AcceptanceProfile, AutotuneConfig, CycleTiming, auto_block_choice,
+                                         auto_block_length, break_even_acceptance, calibrate, choose_block_length,
+                                         clear_cache, last_choice, measure_forward_costs, measured_break_even)
+from trimode.evaluation.forward_costs import CostStore
 
 CANDIDATES = [1, 2, 3, 4, 6, 8]
 QUICK = AutotuneConfig(candidates=(1, 2, 4), diffusion_candidates=(1, 2, 4), repeats=3, time_budget=0.2,
@@ -123,9 +126,35 @@ def test_break_even_acceptance_is_one_cycle_over_one_ar_forward():
         measured_break_even(tiny_model(), "linear-spec", 1)
 
 
-def test_measured_break_even_exceeds_one_ar_forward():
-    # a linear cycle is a peek plus a write of B >= 1 tokens: always dearer than one AR forward
-    assert 1.0 < measured_break_even(tiny_model(), "linear-spec", 4, QUICK) < 100
+def _fake_timer(monkeypatch, seconds: dict) -> list:
+    """Replace the timing primitive: each (kind, k) takes ``seconds[(kind, k)]`` (plus a slower round);
+    returns the list of the (kind, k) it was asked to time."""
+    timed = []
+
+    def time_forwards(model, needs, **kw):
+        timed.extend(needs)
+        return {key: [2 * seconds[key], seconds[key]] for key in needs}
+
+    monkeypatch.setattr(curve, "time_forwards", time_forwards)
+    return timed
+
+
+def test_measured_break_even_is_the_hand_ratio_of_the_fastest_rounds(monkeypatch):
+    # linear-spec B=4: (peek 4 + write 4) / write 1; quadratic-spec B=4: quadratic 4 / write 1
+    seconds = {("write", 1): 0.002, ("write", 4): 0.0035, ("peek", 4): 0.003, ("quadratic", 4): 0.0039}
+    timed = _fake_timer(monkeypatch, seconds)
+    assert measured_break_even(tiny_model(), "linear-spec", 4, QUICK) == pytest.approx((0.003 + 0.0035) / 0.002)
+    assert sorted(timed) == [("peek", 4), ("write", 1), ("write", 4)]
+    assert measured_break_even(tiny_model(), "quadratic-spec", 4, QUICK) == pytest.approx(0.0039 / 0.002)
+    assert timed[3:] == [("quadratic", 4)]  # write 1 was persisted by the first call
+
+
+def test_measured_break_even_on_the_tiny_model_uses_the_persisted_points():
+    model = tiny_model()
+    value = measured_break_even(model, "linear-spec", 4, QUICK)
+    costs = CostStore.load(model).minimum_costs(QUICK.prefix_tokens)
+    assert value == pytest.approx((costs[("peek", 4)] + max(costs[("write", 4)], costs[("write", 1)]))
+                                  / costs[("write", 1)])
 
 
 def test_measured_costs_are_positive_and_monotone():
@@ -145,7 +174,7 @@ def test_auto_on_a_real_model_is_cached_and_wired_into_the_engine(monkeypatch):
     def no_more_measuring(*a, **k):
         raise AssertionError("costs must be cached on the model")
 
-    monkeypatch.setattr(autotune, "measure_forward_costs", no_more_measuring)
+    monkeypatch.setattr(curve, "time_forwards", no_more_measuring)
     out, _, stats = model.linear_spec_generate(prompts, max_new_tokens=10, block_length="auto", eos_token_id=[],
                                                return_stats=True)
     ref, _ = model.ar_generate(prompts, max_new_tokens=10, eos_token_id=[])
@@ -163,3 +192,52 @@ def test_trained_model_choice_follows_the_hardware():
     assert sum(profile.runs) > 0  # the trained model gets drafts accepted
     assert auto_block_choice(model, "linear-spec", cost=flat, config=QUICK).block_length == 4
     assert auto_block_choice(model, "linear-spec", cost=lambda kind, k: float(k), config=QUICK).block_length == 1
+
+
+def test_margin_picks_the_smallest_block_close_to_the_best():
+    """Flat cost, 2 forwards per cycle. 49 streaks of 4 tokens and one of 8: B=8 emits them in 50 cycles,
+    B=4 in 51, so B=4 predicts 50/51 = 98% of B=8's tokens/s: within a 3% margin (chosen), not within 1%."""
+    profile = AcceptanceProfile("linear-spec", block_length=8, runs=[3] * 49 + [7])
+    choice = choose_block_length("linear-spec", profile, flat, CANDIDATES, margin=0.03)
+    rates = {r["block_length"]: r["tokens_per_s"] for r in choice.rows}
+    assert rates[4] / rates[8] == pytest.approx(50 / 51)
+    assert (choice.block_length, choice.fastest_block_length, choice.margin) == (4, 8, 0.03)
+    assert choose_block_length("linear-spec", profile, flat, CANDIDATES, margin=0.01).block_length == 8
+    assert choose_block_length("linear-spec", profile, flat, CANDIDATES, margin=0.0).block_length == 8
+    # the config's margin reaches the decision of auto with an injected cost and profile
+    model = tiny_model()
+    for margin, best in ((0.03, 4), (0.0, 8)):
+        config = AutotuneConfig(candidates=tuple(CANDIDATES), margin=margin)
+        assert auto_block_choice(model, "linear-spec", cost=flat, profile=profile, config=config).block_length == best
+    with pytest.raises(ValueError, match="margin"):
+        AutotuneConfig(margin=1.0).validate()
+
+
+def test_given_timing_replaces_the_calibration_wall_time():
+    # The test above's overhead case with the timing given instead: the same rates.
+    profile = AcceptanceProfile("linear-spec", block_length=4, runs=[3] * 4, cycle_seconds=[123.0])
+    choice = choose_block_length("linear-spec", profile, cpu_like, [1, 2, 3, 4],
+                                 timing=CycleTiming(overhead_s=0.5, ar_step_s=1.5, source="persisted"))
+    speedups = {r["block_length"]: r["speedup_vs_ar"] for r in choice.rows}
+    assert speedups == pytest.approx({1: 1.0, 2: 1.5 * 2 / 3, 3: 1.5 * 2 / 3.5, 4: 1.5})
+    assert choice.timing_source == "persisted"
+
+
+def test_auto_decides_the_same_again_from_the_persisted_curve(monkeypatch, private_cache):
+    """A second decision with no in-memory state (a fresh model object, as in a new process) times no
+    forward: it reads the curve and the calibration's overhead from disk, and gives the same rows."""
+    first = auto_block_choice(tiny_model(seed=3), "linear-spec", config=QUICK)
+    assert first.cost_source.startswith("measured in this process") and first.timing_source == "calibration"
+    (path,) = (private_cache / "forward-costs").iterdir()
+    stored = json.loads(path.read_text())
+    assert stored["timings"].keys() == {"linear-spec@4"} and "write/1/200" in stored["points"]
+
+    timed = _fake_timer(monkeypatch, {})  # any timing now fails with a KeyError, and would be counted
+    for model in (tiny_model(seed=3), tiny_model(seed=3)):
+        again = auto_block_choice(model, "linear-spec", config=QUICK)
+        assert timed == []
+        assert again.cost_source == f"persisted ({path})" and again.timing_source == f"persisted ({path})"
+        assert (again.block_length, again.rows) == (first.block_length, first.rows)
+        clear_cache(model)  # in-memory state gone: the next decision reads the disk again
+        assert auto_block_length(model, "linear-spec", config=QUICK) == first.block_length
+    assert timed == []

@@ -91,7 +91,7 @@ def accepting_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """Every position gets the same input vector, so every position (causal or masked) has the same
     hidden state and the same argmax: token ``a``. Drafts always equal the AR token."""
     loaded = load(tiny_model_dir)
-    model, tok = loaded.model.enable_decode_layout(False), loaded.tokenizer  # no cached weight copies to edit
+    model, tok = loaded.model.pack_weights(False), loaded.tokenizer  # dense weights, to edit in place
     target = tok("a", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
         emb = model.encoder.embed_tokens.weight

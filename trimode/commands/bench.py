@@ -3,6 +3,11 @@
 A thin wrapper over :func:`trimode.evaluation.bench.run_bench`: options map
 one to one onto :class:`~trimode.evaluation.bench.BenchConfig` fields; an
 option left out keeps the config's default (or the ``--quick`` one).
+
+``--forward-costs`` runs only the forward-cost curve instead
+(:mod:`trimode.evaluation.forward_costs`): what one forward of k new tokens
+costs on this machine, printed, written as JSON and PNG, and persisted as the
+curve ``block_length="auto"`` decides from.
 """
 
 from __future__ import annotations
@@ -12,6 +17,31 @@ from pathlib import Path
 
 from ..evaluation.cliargs import add_common_arguments, apply_options, comma_list, default_out_dir
 from .common import MODE_CHOICES, add_model_arguments, load_model, positive_int, probability, threshold_value
+
+
+# The forward kinds of trimode.evaluation.forward_costs.KINDS, spelled out: building the parser
+# must not import torch (tests/evaluation/test_forward_costs.py checks they agree).
+FORWARD_KINDS = ["write", "peek", "quadratic"]
+K_EXAMPLE = "1,2,4,8,16,32,64"
+
+
+def k_values(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers, the new tokens per forward."""
+    values = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        try:
+            k = int(item)
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a valid k: k values are positive integers (new "
+                                             f"tokens per forward), comma-separated, e.g. {K_EXAMPLE}")
+        values.append(k)
+    if not values:
+        raise argparse.ArgumentTypeError(f"no k values: give positive integers, comma-separated, e.g. {K_EXAMPLE}")
+    return values
 
 
 def register(sub) -> None:
@@ -48,11 +78,28 @@ def register(sub) -> None:
     p.add_argument("--block-lengths", type=comma_list(positive_int), default=None,
                    help="block-length sweep, comma list (default 2,4,8,16,32; '' = no sweep)")
     p.add_argument("--repeats", type=positive_int, default=None,
-                   help="timed rounds per batch of prompts, interleaved (default 1; more = less noise)")
+                   help="timed rounds per batch of prompts, interleaved (default 1; more = less noise); with "
+                        "--forward-costs: timed rounds per k (default 9)")
     p.add_argument("--no-baseline", action="store_true", help="skip transformers generate()")
     p.add_argument("--no-sol", action="store_true", help="skip the SOL oracle")
     p.add_argument("--no-autotune", action="store_true", help="skip the auto block length")
     p.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    f = p.add_argument_group("forward costs", "measure only the cost of one forward per number of new tokens k")
+    f.add_argument("--forward-costs", action="store_true",
+                   help="instead of the benchmark: time one forward of k new tokens after a cached prefix, per k, "
+                        "on this machine for this model (median and min of the rounds, ratio to k=1, tokens/s, "
+                        "roofline of k=1 from the measured memory bandwidth); prints a table, writes "
+                        "forward_costs.json and forward_costs.png, and saves the curve that "
+                        "block_length=\"auto\" decides from")
+    f.add_argument("--ks", type=k_values, default=None, metavar="K,K,...",
+                   help=f"k values, positive integers (default {K_EXAMPLE}; --quick: 1,2,4,8; k=1 is always "
+                        "measured: the ratios are to it)")
+    f.add_argument("--kinds", type=comma_list(str, FORWARD_KINDS), default=None,
+                   help="forward kinds, comma list: write (causal, appends: AR and verification), peek "
+                        "(bidirectional block, drafter on: drafting), quadratic (quadratic-spec's k + k*k tokens) "
+                        "(default write)")
+    f.add_argument("--prefix-tokens", type=positive_int, default=None, metavar="N",
+                   help="cached tokens before the k new ones (default 200, the prefix auto reads)")
     p.set_defaults(func=run, _parser=p)
 
 
@@ -68,10 +115,47 @@ def bench_config(args: argparse.Namespace):
     return config.validate()
 
 
+def curve_config(args: argparse.Namespace):
+    """The :class:`CurveConfig` of ``--forward-costs``."""
+    from ..evaluation.forward_costs import CurveConfig
+
+    config = CurveConfig(ks=(1, 2, 4, 8), bandwidth_bytes=64 * 2**20) if args.quick else CurveConfig()
+    config.ks = tuple(args.ks) if args.ks is not None else config.ks
+    config.kinds = tuple(args.kinds) if args.kinds is not None else config.kinds
+    for name in ("prefix_tokens", "repeats", "seed"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    return config.validate()
+
+
+def run_forward_costs(args: argparse.Namespace) -> int:
+    from ..evaluation.forward_costs import format_table, measure_curve, refresh_store, write_curve
+
+    config = curve_config(args)
+    loaded = load_model(args, drafter=not args.no_drafter)
+    result, samples = measure_curve(loaded.model, config, model_name=loaded.name)
+    out = Path(args.out) if args.out else default_out_dir(loaded.name)
+    paths = write_curve(result, out, plots=not args.no_plots)
+    store = refresh_store(loaded.model, samples, config.prefix_tokens)
+    print(format_table(result))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    if store is None:
+        print("the curve could not be saved for block_length=\"auto\" (see the warning above)")
+    else:
+        print(f"saved for block_length=\"auto\" (prefix {config.prefix_tokens}): {store}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.bench import run_bench, write_bench_report
     from ..evaluation.environment import command_line
 
+    if args.forward_costs:
+        return run_forward_costs(args)
+    given = [flag for flag, value in (("--ks", args.ks), ("--kinds", args.kinds),
+                                      ("--prefix-tokens", args.prefix_tokens)) if value is not None]
+    if given:
+        raise ValueError(f"{given[0]} applies to --forward-costs only")
     config = bench_config(args)
     loaded = load_model(args, need="to build its prompts", drafter=not args.no_drafter)
     command = command_line("bench", args, args._parser)

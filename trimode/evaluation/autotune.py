@@ -1,9 +1,9 @@
 """Hardware-aware block length: ``block_length="auto"`` picks the B that maximises tokens/s here.
 
 On a GPU a forward of 32 tokens costs about what a forward of 1 does, so the
-largest block wins. On a CPU it does not (see CPU-FACTS: k = 8 costs ~2.7x
-k = 1), so the best block depends on the machine *and* on how many drafts the
-model gets accepted. This module measures both and combines them:
+largest block wins. On a CPU it does not (``trimode bench --forward-costs``
+prints the curve of this machine), so the best block depends on the machine
+*and* on how many drafts the model gets accepted. This module measures both and combines them:
 
     tokens/s (B) = tokens per cycle (B) / seconds per cycle (B)
 
@@ -11,12 +11,20 @@ model gets accepted. This module measures both and combines them:
 after a cached prefix of ``prefix_tokens``, for the kinds the decoders run:
 ``write`` (causal, appends: verification, AR), ``peek`` (bidirectional block,
 drafter on: drafting, denoising) and ``quadratic`` (the fused ``B + B*B``
-layout). Rounds are interleaved over all (kind, k) so machine noise hits every
-k alike, and the *fastest* round is kept: on a shared machine noise only ever
-adds time, so the minimum is the steadiest estimate of a forward's own cost.
-Per kind, costs are then made non-decreasing in k (a wider forward never costs
-less; a dip is leftover noise). Measured once per (device, dtype, threads)
-and cached on the model object (attribute ``_trimode_autotune``).
+layout). They come from the forward-cost curve of :mod:`.forward_costs` (one
+timing primitive for both): rounds interleaved over all (kind, k) so machine
+noise hits every k alike, and the *fastest* round is kept: on a shared machine
+noise only ever adds time, so the minimum is the steadiest estimate of a
+forward's own cost. Per kind, costs are then made non-decreasing in k (a wider
+forward never costs less; a dip is leftover noise).
+
+The curve is persisted: one JSON file per model identity and machine under
+trimode's cache directory (:class:`.forward_costs.CostStore`). ``auto`` reads
+the points it needs from it and measures (and adds) only the missing ones, so
+every process on the same machine and model decides from the same curve
+instead of a fresh, noisy one; ``trimode bench --forward-costs`` replaces it.
+In memory the store is also cached on the model object (attribute
+``_trimode_autotune``); ``AutotuneConfig(persist=False)`` keeps it in memory only.
 
 Each timed call is a forward plus the softmax/argmax the decoders apply to
 its logits (for the quadratic layout, ``B + B*B`` rows of logits).
@@ -36,7 +44,11 @@ and is assumed the same for every B. AR's rate is measured the same way (an
 AR run on each calibration prompt, right after the mode's). As for the costs,
 the fastest call's time per cycle is kept. So at the calibration block the
 prediction reproduces the measured speed, and other blocks differ from it by
-the measured cost of their forwards and their predicted acceptance.
+the measured cost of their forwards and their predicted acceptance. Wall time
+is as noisy as the costs, so the overhead and AR's step time are persisted
+beside the curve (per mode and calibration block) the first time they are
+derived, and later decisions reuse them: the same curve and the same (greedy,
+deterministic) calibration then give the same decision.
 
 **Tokens per cycle.** Speculative modes: one calibration run per prompt at
 the largest candidate ``B_cal`` records the accepted drafts of every cycle,
@@ -61,6 +73,13 @@ Diffusion: denoising depends on the block, so each candidate B is run and its
 forwards counted: seconds per token = ``(denoise_nfe * c(peek, B) +
 block_writes * c(write, B) + overhead * forwards) / tokens``.
 
+**Decision.** Among the candidates, the *smallest* block whose predicted
+tokens/s is within ``margin`` (default 3%) of the best one's. Predictions that
+close are within the noise of the measurements behind them, so an argmax
+would move with that noise; the smaller block is the safer of two equals (a
+rejected draft wastes less of its forward, and its prediction extrapolates
+less from the calibration).
+
 **Profile source.** :func:`calibrate` (the bench calls it with its own
 prompts) or, when ``auto`` is asked for before any calibration, a short run on
 generic prompts: a few tokens sampled from the model itself after BOS
@@ -73,36 +92,40 @@ AR returns 1 (it has no block). Everything is injectable for tests:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 
-from ..cache import KVCache
 from ..generation.modes import MODE_NAMES as MODES, SPECULATIVE_MODES
-from ..masks import block_pattern, quadratic_pattern
+from . import forward_costs as curve
+from .forward_costs import DEFAULT_PREFIX_TOKENS, CostStore
 
 CostFn = Callable[[str, int], float]
 _CACHE_ATTR = "_trimode_autotune"
+DEFAULT_MARGIN = 0.03
 
 
 @dataclass
 class AutotuneConfig:
     """How ``auto`` measures.
 
-    Defaults: the forward costs take ~1-2 s on a few-million-parameter model, the calibration
-    runs a few more seconds (diffusion, one run per candidate, the most); both once per process.
+    The forward costs are measured once per model and machine (then read from disk), within
+    ``time_budget``; the calibration runs once per process and mode (diffusion, one run per
+    candidate, the longest).
     """
 
     candidates: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     """Block lengths considered for the speculative modes (capped by the context length)."""
     diffusion_candidates: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     """Block lengths considered for diffusion (each one is a calibration run, so fewer)."""
-    prefix_tokens: int = 64
-    """Cached prefix the cost forwards attend to (prompt-sized)."""
+    prefix_tokens: int = DEFAULT_PREFIX_TOKENS
+    """Cached prefix the cost forwards attend to (prompt-sized; the curve's default, so that auto reads
+    the points ``trimode bench --forward-costs`` measured)."""
     repeats: int = 7
-    """Timed rounds per (kind, k); the median is kept."""
+    """Timed rounds per (kind, k); the fastest is kept."""
     time_budget: float = 1.5
     """Seconds after which cost rounds stop (at least 3 rounds always run)."""
     max_quadratic_tokens: int = 72
@@ -112,6 +135,10 @@ class AutotuneConfig:
     calibration_tokens: int = 32
     """New tokens per calibration run."""
     seed: int = 0
+    margin: float = DEFAULT_MARGIN
+    """Relative tokens/s below the best within which the smallest block is chosen (module docstring)."""
+    persist: bool = True
+    """Read and write the forward costs and calibration timings on disk (:class:`.forward_costs.CostStore`)."""
 
     def validate(self) -> "AutotuneConfig":
         for name in ("candidates", "diffusion_candidates"):
@@ -122,6 +149,8 @@ class AutotuneConfig:
                      "calibration_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"autotune {name}={getattr(self, name)!r} must be >= 1")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"autotune margin={self.margin!r} must be in [0, 1)")
         return self
 
 
@@ -160,6 +189,17 @@ class AcceptanceProfile:
 
 
 @dataclass
+class CycleTiming:
+    """What a cycle costs beyond its forwards, from calibration wall time (module docstring)."""
+
+    overhead_s: float
+    """Per cycle (speculative modes) or per forward (diffusion)."""
+    ar_step_s: float
+    """Seconds of one AR step, overhead included."""
+    source: str = "calibration"
+
+
+@dataclass
 class BlockChoice:
     """The decision and everything behind it (reported by ``trimode bench``)."""
 
@@ -168,6 +208,11 @@ class BlockChoice:
     rows: list[dict]  # per candidate: block_length, tokens_per_cycle, seconds_per_cycle, tokens_per_s, speedup_vs_ar
     ar_tokens_per_s: float
     profile_source: str
+    fastest_block_length: int | None = None
+    """The argmax of predicted tokens/s (``block_length`` is the smallest within ``margin`` of it)."""
+    margin: float = 0.0
+    cost_source: str = "given"
+    timing_source: str = "calibration"
 
     @property
     def predicted_speedup(self) -> float:
@@ -186,7 +231,7 @@ class BlockChoice:
 class _State:
     """What is cached on a model object."""
 
-    costs: dict[tuple, dict[tuple[str, int], float]] = field(default_factory=dict)
+    stores: dict[str, CostStore] = field(default_factory=dict)  # per machine identity (threads change)
     profiles: dict[str, AcceptanceProfile] = field(default_factory=dict)
     choices: dict[str, BlockChoice] = field(default_factory=dict)
 
@@ -200,9 +245,18 @@ def _state(model) -> _State:
 
 
 def clear_cache(model) -> None:
-    """Forget measured costs, profiles and choices (e.g. after loading another drafter)."""
+    """Forget the in-memory costs, profiles and choices (e.g. after loading another drafter). The
+    persisted curve stays: the next decision reads it again."""
     if getattr(model, _CACHE_ATTR, None) is not None:
         object.__setattr__(model, _CACHE_ATTR, _State())
+
+
+def forget_costs(model) -> None:
+    """Forget the in-memory copy of the persisted curve, and the choices made from it (it was replaced)."""
+    state = getattr(model, _CACHE_ATTR, None)
+    if state is not None:
+        state.stores.clear()
+        state.choices.clear()
 
 
 # ---------------------------------------------------------------- candidates
@@ -217,62 +271,38 @@ def candidates_for(model, mode: str, config: AutotuneConfig) -> list[int]:
 
 
 # ---------------------------------------------------------------- forward costs
-def _cost_inputs(model, kind: str, k: int, prefix: int, device):
-    """(tokens, kwargs) of one forward of ``kind`` with ``k`` block tokens after ``prefix`` cached ones."""
-    cfg = model.config
-    gen = torch.Generator().manual_seed(k)
-    low = min(7, cfg.vocab_size - 1)
-    if kind == "write":
-        return torch.randint(low, cfg.vocab_size, (1, k), generator=gen).to(device), {}
-    if kind == "peek":
-        tokens = torch.full((1, k), cfg.mask_token_id, dtype=torch.long, device=device)
-        return tokens, dict(attention_mask=block_pattern(k, device=device), cache_write=False, use_drafter=True)
-    if kind == "quadratic":
-        chain = torch.randint(low, cfg.vocab_size, (1, k), generator=gen).to(device)
-        groups = torch.full((1, k * k), cfg.mask_token_id, dtype=torch.long, device=device)
-        ar = torch.arange(k, device=device)
-        group_pos = (ar[:, None] + 1 + ar[None, :]).reshape(-1)
-        positions = (prefix + torch.cat([ar, group_pos]))[None]
-        return torch.cat([chain, groups], 1), dict(position_ids=positions, cache_write=False,
-                                                   attention_mask=quadratic_pattern(k, list(range(k)), k,
-                                                                                    device=device))
-    raise ValueError(f"forward kind {kind!r} is not one of write, peek, quadratic")
-
-
 def measure_forward_costs(model, needs: list[tuple[str, int]], config: AutotuneConfig | None = None
                           ) -> dict[tuple[str, int], float]:
-    """Seconds of each (kind, k) forward on this machine (fastest of interleaved rounds; see module docstring)."""
+    """Seconds of each (kind, k) forward on this machine, measured now (fastest of interleaved rounds,
+    made monotone; see module docstring). Neither reads nor writes the persisted curve."""
     config = (config or AutotuneConfig()).validate()
-    param = next(model.parameters())
+    samples = curve.time_forwards(model, needs, prefix_tokens=config.prefix_tokens, repeats=config.repeats,
+                                  time_budget=config.time_budget, seed=config.seed)
+    return curve.monotone({key: min(v) for key, v in samples.items()})
+
+
+def _store(model, config: AutotuneConfig) -> CostStore:
+    """The cost store of ``model`` on this machine: in memory, else from disk (or empty)."""
+    identity = curve.machine_identity(model)
+    key = json.dumps(identity, sort_keys=True) + f" persist={config.persist}"
+    stores = _state(model).stores
+    if key not in stores:
+        stores[key] = CostStore.load(model, persist=config.persist)
+    return stores[key]
+
+
+def _cost_table(model, needs: list[tuple[str, int]], config: AutotuneConfig) -> dict[tuple[str, int], float]:
+    """Fastest seconds (monotone per kind) of every stored point at the config's prefix; the ``needs``
+    the store lacks are measured first and persisted."""
+    store = _store(model, config)
     prefix = config.prefix_tokens
-    widest = max(k + k * k if kind == "quadratic" else k for kind, k in needs)
-    cache = KVCache.for_model(model, 1, prefix + widest + 1)
-    gen = torch.Generator().manual_seed(config.seed)
-    inputs = {key: _cost_inputs(model, *key, prefix, param.device) for key in needs}
-    samples: dict[tuple[str, int], list[float]] = {key: [] for key in needs}
-    with torch.no_grad():
-        cfg = model.config
-        model(torch.randint(min(7, cfg.vocab_size - 1), cfg.vocab_size, (1, prefix), generator=gen).to(param.device),
-              past_key_values=cache)
-        started = time.perf_counter()
-        for round_ in range(config.repeats + 1):  # round 0 warms every shape up, untimed
-            for key in needs:
-                tokens, kwargs = inputs[key]
-                t0 = time.perf_counter()
-                logits = model(tokens, past_key_values=cache, **kwargs).logits
-                logits.float().softmax(-1).argmax(-1)  # what the decoders do with them (greedy)
-                elapsed = time.perf_counter() - t0
-                cache.crop(prefix)
-                if round_:
-                    samples[key].append(elapsed)
-            if round_ >= 3 and time.perf_counter() - started > config.time_budget:
-                break
-    best = {key: min(v) for key, v in samples.items()}
-    for kind in {kind for kind, _ in best}:
-        running = 0.0
-        for k in sorted(k for kd, k in best if kd == kind):
-            running = best[(kind, k)] = max(best[(kind, k)], running)
-    return best
+    missing = [key for key in dict.fromkeys(needs) if store.get(*key, prefix) is None]
+    if missing:
+        store.record(curve.time_forwards(model, missing, prefix_tokens=prefix, repeats=config.repeats,
+                                         time_budget=config.time_budget, seed=config.seed), prefix)
+        store.measured_in_process = True
+        store.save()
+    return curve.monotone(store.minimum_costs(prefix))
 
 
 def _needs(mode: str, blocks: list[int]) -> list[tuple[str, int]]:
@@ -286,18 +316,14 @@ def _needs(mode: str, blocks: list[int]) -> list[tuple[str, int]]:
 
 
 def forward_costs(model, mode: str, config: AutotuneConfig | None = None) -> CostFn:
-    """The cost function of ``mode``'s candidates on this machine, measured once and cached on the model."""
+    """The cost function of ``mode``'s candidates on this machine: the persisted curve, its missing
+    points measured once (and persisted)."""
     config = (config or AutotuneConfig()).validate()
-    param = next(model.parameters())
-    key = (str(param.device), str(param.dtype), torch.get_num_threads(), config.prefix_tokens)
-    table = _state(model).costs.setdefault(key, {})
-    missing = [n for n in _needs(mode, candidates_for(model, mode, config)) if n not in table]
-    if missing:
-        table.update(measure_forward_costs(model, missing, config))
+    table = _cost_table(model, _needs(mode, candidates_for(model, mode, config)), config)
 
     def cost(kind: str, k: int) -> float:
         if (kind, k) not in table:
-            table.update(measure_forward_costs(model, [(kind, k)], config))
+            table.update(_cost_table(model, [(kind, k)], config))
         return table[(kind, k)]
 
     return cost
@@ -404,33 +430,56 @@ def _check_speculative(mode: str, block_length: int) -> None:
 
 
 def measured_break_even(model, mode: str, block_length: int, config: AutotuneConfig | None = None) -> float:
-    """:func:`break_even_acceptance` with forward costs measured on this machine (about a second)."""
+    """:func:`break_even_acceptance` with this machine's forward costs (the persisted curve; points it
+    lacks are measured, about a second)."""
     _check_speculative(mode, block_length)
-    table = measure_forward_costs(model, _needs(mode, [block_length]), config)
+    table = _cost_table(model, _needs(mode, [block_length]), (config or AutotuneConfig()).validate())
     return break_even_acceptance(mode, lambda kind, k: table[(kind, k)], block_length)
 
 
-def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, candidates: list[int]) -> BlockChoice:
-    """Pure decision: predicted tokens/s per candidate, argmax (ties: the smaller block)."""
-    _check_mode(mode)
+def _diffusion_forwards(profile: AcceptanceProfile, cost: CostFn, b: int) -> tuple[float, int]:
+    """(seconds of the forwards diffusion ran at block ``b``, their number)."""
+    _, denoise, writes = profile.diffusion[b]
+    return denoise * cost("peek", b) + writes * cost("write", b), denoise + writes
 
-    def diffusion_forwards(b: int) -> tuple[float, int]:  # (seconds of the forwards, their number)
-        _, denoise, writes = profile.diffusion[b]
-        return denoise * cost("peek", b) + writes * cost("write", b), denoise + writes
 
-    # Overheads: calibration wall time the forward costs do not explain (see module docstring). The
-    # fastest call is kept, as for the costs: noise only adds time, and per-cycle time barely
-    # depends on the prompt.
+def cycle_timing(mode: str, profile: AcceptanceProfile, cost: CostFn) -> CycleTiming:
+    """The overhead and AR step time the calibration wall time implies (see module docstring).
+
+    The fastest call is kept, as for the costs: noise only adds time, and per-cycle time barely
+    depends on the prompt. No calibration timing: no overhead, and AR's step is one write forward.
+    """
     ar_step = cost("write", 1)
     if profile.ar_step_seconds:
         ar_step = max(ar_step, min(profile.ar_step_seconds))
     overhead = 0.0  # per cycle (speculative) or per forward (diffusion)
     if profile.cycle_seconds:
         if mode == "diffusion" and profile.block_length in profile.diffusion:
-            seconds, count = diffusion_forwards(profile.block_length)
+            seconds, count = _diffusion_forwards(profile, cost, profile.block_length)
             overhead = max(0.0, min(profile.cycle_seconds) - seconds / max(1, count))
         elif mode != "diffusion":
             overhead = max(0.0, min(profile.cycle_seconds) - cycle_forward_seconds(mode, cost, profile.block_length))
+    return CycleTiming(overhead, ar_step)
+
+
+def pick_within_margin(rows: list[dict], margin: float) -> tuple[dict, dict]:
+    """(the chosen row, the fastest row): the smallest block whose predicted tokens/s is at least
+    ``(1 - margin)`` of the best (module docstring); exact ties go to the smaller block as well."""
+    fastest = max(rows, key=lambda r: (r["tokens_per_s"], -r["block_length"]))
+    floor = (1.0 - margin) * fastest["tokens_per_s"]
+    chosen = min((r for r in rows if r["tokens_per_s"] >= floor), key=lambda r: r["block_length"])
+    return chosen, fastest
+
+
+def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, candidates: list[int], *,
+                        timing: CycleTiming | None = None, margin: float = DEFAULT_MARGIN) -> BlockChoice:
+    """Pure decision: predicted tokens/s per candidate; the smallest block within ``margin`` of the best.
+
+    ``timing``: the overhead and AR step time (None: derived from the profile's calibration timing).
+    """
+    _check_mode(mode)
+    timing = timing or cycle_timing(mode, profile, cost)
+    ar_step, overhead = timing.ar_step_s, timing.overhead_s
     ar_rate = 1.0 / ar_step
     rows = []
     for b in sorted(candidates):
@@ -443,7 +492,7 @@ def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, can
             if b not in profile.diffusion or not profile.diffusion[b][0]:
                 continue
             tokens, _, writes = profile.diffusion[b]
-            seconds, count = diffusion_forwards(b)
+            seconds, count = _diffusion_forwards(profile, cost, b)
             seconds += overhead * count
             blocks = max(1, writes)
             per_cycle, spc = tokens / blocks, seconds / blocks
@@ -459,8 +508,9 @@ def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, can
     if not rows:
         raise ValueError(f"no candidate block length of {sorted(candidates)} could be predicted for mode "
                          f"{mode!r} (profile measured at block {profile.block_length})")
-    best = max(rows, key=lambda r: (r["tokens_per_s"], -r["block_length"]))
-    return BlockChoice(mode, best["block_length"], rows, ar_rate, profile.source)
+    chosen, fastest = pick_within_margin(rows, margin)
+    return BlockChoice(mode, chosen["block_length"], rows, ar_rate, profile.source,
+                       fastest_block_length=fastest["block_length"], margin=margin, timing_source=timing.source)
 
 
 def auto_block_length(model, mode: str, *, cost: CostFn | None = None, profile: AcceptanceProfile | None = None,
@@ -484,7 +534,8 @@ def auto_block_choice(model, mode: str, *, cost: CostFn | None = None, profile: 
         return state.choices[mode]
     if mode == "ar":
         choice = BlockChoice(mode, 1, [{"block_length": 1, "tokens_per_cycle": 1.0, "seconds_per_cycle": None,
-                                        "tokens_per_s": None, "speedup_vs_ar": 1.0}], 0.0, "ar has no block")
+                                        "tokens_per_s": None, "speedup_vs_ar": 1.0}], 0.0, "ar has no block",
+                             fastest_block_length=1, cost_source="none")
     else:
         if profile is None:
             profile = state.profiles.get(mode)
@@ -492,10 +543,36 @@ def auto_block_choice(model, mode: str, *, cost: CostFn | None = None, profile: 
             profile = calibrate(model, mode, generic_prompts(model, config), config=config,
                                 source="generic prompts sampled from the model")
         candidates = candidates_for(model, mode, config)
-        choice = choose_block_length(mode, profile, cost or forward_costs(model, mode, config), candidates)
+        timing, cost_source = None, "given"
+        if cost is None:
+            cost = forward_costs(model, mode, config)
+            store = _store(model, config)
+            cost_source = _cost_source(store)
+            if not injected:  # a given profile's timing is the caller's: neither persisted nor replaced
+                timing = _stored_timing(store, mode, profile, cost)
+        choice = choose_block_length(mode, profile, cost, candidates, timing=timing, margin=config.margin)
+        choice.cost_source = cost_source
     if not injected:
         state.choices[mode] = choice
     return choice
+
+
+def _cost_source(store: CostStore) -> str:
+    where = str(store.path) if store.path is not None else "memory only"
+    return f"measured in this process ({where})" if store.measured_in_process else f"persisted ({where})"
+
+
+def _stored_timing(store: CostStore, mode: str, profile: AcceptanceProfile, cost: CostFn) -> CycleTiming:
+    """The persisted timing of ``mode`` at the profile's calibration block; derived from the profile
+    and persisted the first time (when the calibration measured any)."""
+    key = f"{mode}@{profile.block_length}"
+    if key in store.timings:
+        return CycleTiming(**store.timings[key], source=f"persisted ({store.path})")
+    timing = cycle_timing(mode, profile, cost)
+    if profile.cycle_seconds or profile.ar_step_seconds:
+        store.timings[key] = {"overhead_s": timing.overhead_s, "ar_step_s": timing.ar_step_s}
+        store.save()
+    return timing
 
 
 def last_choice(model, mode: str) -> BlockChoice | None:

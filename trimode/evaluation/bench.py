@@ -12,7 +12,10 @@ Sections (each a table in the report, most also a plot):
 3. **Threshold sweep** (diffusion): speed against accuracy on task prompts.
 4. **Auto block length** (:mod:`.autotune`): calibrated on the sweep prompts;
    the chosen B is run through ``block_length="auto"`` and its measured gain
-   over AR and over the config's block is reported beside the prediction.
+   over AR and over the config's block is reported beside the prediction, with
+   where its forward costs came from (the persisted curve of
+   :mod:`.forward_costs`, or measured in this run). ``trimode bench
+   --forward-costs`` measures only that curve.
 5. **Block-length sweep**: TPF, SOL TPF, acceptance (measured and predicted)
    and tokens/s per block length and mode.
 
@@ -306,7 +309,7 @@ def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
     # 4. auto block length ----------------------------------------------------------------------
     profiles = {}
     if config.autotune:
-        log("auto block length: measuring forward costs and calibrating acceptance ...")
+        log("auto block length: forward costs (persisted, or measured) and calibrating acceptance ...")
         auto_rows, choices, auto_modes = [], {}, [m for m in config.modes if m != "ar"]
         for mode in auto_modes:
             profiles[mode] = calibrate(model, mode, sweep_set.prompts, config=config.autotune_config,
@@ -336,7 +339,9 @@ def run_bench(model, tokenizer=None, config: BenchConfig | None = None, *,
                               "measured_tokens_per_s": auto_summary.tokens_per_s, "measured_tpf": auto_summary.tpf,
                               "measured_speedup_vs_ar": ratio(auto_summary.tokens_per_s, ar_rate),
                               "measured_gain_vs_default": ratio(auto_summary.tokens_per_s, default_rate),
-                              "profile_source": choice.profile_source, "candidates": choice.rows})
+                              "profile_source": choice.profile_source, "cost_source": choice.cost_source,
+                              "timing_source": choice.timing_source, "margin": choice.margin,
+                              "fastest_block_length": choice.fastest_block_length, "candidates": choice.rows})
         costs = forward_costs(model, "linear-spec", config.autotune_config)
         cands = sorted({b for c in choices.values() for b in (r["block_length"] for r in c.rows)})
         cost_table = [{"k": k, "write_s": costs("write", k), "relative_to_k1": costs("write", k) / costs("write", 1)}

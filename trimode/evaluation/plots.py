@@ -8,6 +8,9 @@
   speedup over AR per block length.
 - ``autotune.png``: predicted speedup per candidate block (auto block length)
   with the measured speedups of the block sweep on top.
+- ``forward_costs.png`` (``trimode bench --forward-costs``): ms of one forward
+  of k new tokens, and its ratio to k = 1 beside the flat line (a forward of k
+  tokens costing what one of 1 does) and the proportional one (k times).
 
 matplotlib is imported lazily, so the rest of the harness runs without it
 (``--no-plots``).
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from ..generation.modes import SPECULATIVE_MODES
 
+KIND_COLORS = {"write": "tab:blue", "peek": "tab:purple", "quadratic": "tab:green"}
 COLORS = {"ar": "black", "diffusion": "tab:orange", "linear-spec": "tab:blue", "quadratic-spec": "tab:green",
           "sol": "tab:red", "transformers": "tab:gray"}
 
@@ -146,13 +150,48 @@ def _autotune(result: dict, out_dir: Path) -> Path | None:
     return _save(fig, plt, out_dir / "autotune.png")
 
 
-def _block_axis(ax, blocks: list[int]) -> None:
+def forward_cost_plot(result: dict, path: Path) -> Path:
+    """The forward-cost curve (a :class:`.forward_costs.ForwardCosts` as a dict): ms vs k, ratio vs k."""
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    kinds = list(dict.fromkeys(p["kind"] for p in result["points"]))
+    for kind in kinds:
+        pts = [p for p in result["points"] if p["kind"] == kind]
+        ks, color = [p["k"] for p in pts], KIND_COLORS.get(kind)
+        a1.plot(ks, [p["median_ms"] for p in pts], "o-", color=color, label=f"{kind} (median)")
+        a1.plot(ks, [p["min_ms"] for p in pts], ".:", color=color, label=f"{kind} (min)")
+        a2.plot(ks, [p["ratio"] for p in pts], "o-", color=color, label=kind)
+    ks = sorted({p["k"] for p in result["points"]})
+    roof = result.get("roofline")
+    if roof:
+        a1.axhline(roof["k1_roofline_ms"], color="tab:red", ls="--", label="roofline k=1 (bytes / bandwidth)")
+    a2.plot(ks, [1.0] * len(ks), "--", color="gray", label="flat: k tokens cost what 1 does")
+    a2.plot(ks, ks, ":", color="gray", label="proportional: k times k = 1")
+    for ax in (a1, a2):
+        _block_axis(ax, ks, "k (new tokens per forward)")
+        ax.legend(fontsize=7)
+    a1.set_yscale("log")
+    a1.set_ylabel("ms per forward")
+    a1.set_title(f"One forward after a {result['prefix_tokens']}-token cached prefix")
+    a2.set_yscale("log", base=2)
+    from matplotlib.ticker import FuncFormatter
+
+    a2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    a2.set_ylabel("cost relative to k = 1 (median)")
+    a2.set_title("Cost ratio to k = 1")
+    m = result["machine"]
+    threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
+    fig.suptitle(f"{m['model']} ({m['dtype']}) on {m['device_name']}, {threads}", fontsize=9)
+    return _save(fig, plt, Path(path))
+
+
+def _block_axis(ax, blocks: list[int], label: str = "block length") -> None:
     """Log2 x axis labelled with the block lengths themselves (not 2^k)."""
     ax.set_xscale("log", base=2)
     ax.set_xticks(blocks)
     ax.set_xticklabels([str(b) for b in blocks])
     ax.minorticks_off()
-    ax.set_xlabel("block length")
+    ax.set_xlabel(label)
 
 
 def _save(fig, plt, path: Path) -> Path:

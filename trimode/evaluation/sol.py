@@ -44,20 +44,26 @@ class OracleDiffusion(BlockDiffusion):
     def __init__(self, references: list[list[int]]):
         self.references = references
 
-    def select(self, run, row: int, tokens: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor,
+    def select(self, run, tokens: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor,
                schedule, step: int) -> torch.Tensor:
-        ref = self.references[row]
-        start = len(run.generated[row]) - 1  # generated index of block position 0 (the pending token)
-        commit = torch.zeros_like(masked)
-        for j in masked.nonzero().flatten().tolist():
-            index = start + j
-            if index >= len(ref) or int(tokens[j]) == ref[index]:  # rule 3 / rule 1
-                commit[j] = True
-        if not bool(commit.any()):  # rule 2: leftmost masked position, with the reference token
-            j = int(masked.nonzero()[0])
-            tokens[j] = ref[start + j]
-            commit[j] = True
-        return commit
+        """The batched hook of :meth:`BlockDiffusion.select`: (B, n) commit, rules 1-3 per row."""
+        ref = self._reference_block(run, tokens.shape[1]).to(tokens.device)  # (B, n); -1 past the end
+        commit = masked & ((ref < 0) | (tokens == ref))  # rule 3 / rule 1
+        # Rule 2: a row with nothing to commit takes its leftmost masked position, with the reference
+        # token (every masked position is then inside the reference, or rule 3 would have fired).
+        stuck = masked.any(-1) & ~commit.any(-1)  # (B,)
+        leftmost = torch.zeros_like(masked).scatter(-1, masked.long().argmax(-1, keepdim=True), True)
+        forced = leftmost & stuck[:, None]
+        tokens.copy_(torch.where(forced, ref, tokens))  # in place: the caller commits these tokens
+        return commit | forced
+
+    def _reference_block(self, run, n: int) -> torch.Tensor:
+        """(B, n) the reference token at each block position of each row (-1 past its end)."""
+        rows = []
+        for row, ref in enumerate(self.references):
+            start = len(run.generated[row]) - 1  # generated index of block position 0 (the pending token)
+            rows.append([ref[i] if 0 <= i < len(ref) else -1 for i in range(start, start + n)])
+        return torch.tensor(rows, dtype=torch.long)
 
 
 def greedy_request(max_new_tokens: int, block_length: int, eos_token_ids) -> Request:

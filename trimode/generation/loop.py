@@ -16,6 +16,13 @@ it is the only place forwards are counted and timed.
 Batching: rows keep their own cache lengths and positions (see
 :mod:`trimode.cache`), so rows with different prompt lengths and acceptance
 run together; finished rows are carried along and ignored.
+
+Host syncs: on a GPU every read of a device value (``.tolist()``, ``int()``,
+``bool()``) waits for the queued work. A cycle brings what it decided (accepted
+counts, tokens) to the host once, and the Python-side state (``generated``,
+``done``, the cache's host mirror of its lengths) is updated from that; the
+device-side state (``pending``, :meth:`Runner.live_mask`, the cache lengths) is
+updated with device ops only.
 """
 
 from __future__ import annotations
@@ -63,11 +70,18 @@ class Runner:
         self.prompts = prompts
         self.batch = len(prompts)
         self.device = next(model.parameters()).device
-        self.prompt_lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        self.prompt_lens = [len(p) for p in prompts]
+        self.prompt_lengths = torch.tensor(self.prompt_lens, device=self.device)  # (B,)
         self.generated: list[list[int]] = [[] for _ in prompts]
         self.done = [request.max_new_tokens == 0] * self.batch
         self.pending = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.frozen_lengths: list[int | None] = [None] * self.batch
+        # (B,) device twins of ``frozen_lengths`` (-1 = not frozen) and of ``not done``, written
+        # once per row when it finishes: the loop never copies a host list to the device.
+        self._frozen = torch.full((self.batch,), -1, dtype=torch.long, device=self.device)
+        self._live = torch.ones(self.batch, dtype=torch.bool, device=self.device)
+        self._live_host = [True] * self.batch
+        self.eos_ids = torch.tensor(sorted(request.eos_token_ids), dtype=torch.long, device=self.device)
         self.stats = GenerationStats(mode=mode, batch_size=self.batch, block_length=request.block_length,
                                      prompt_tokens=sum(len(p) for p in prompts))
         self.cache: KVCache | None = None
@@ -104,17 +118,16 @@ class Runner:
         tokens = self.padded_prompts()
         last = (self.prompt_lengths - 1)[:, None]
         logits = self.forward(tokens, keep=last)  # (B, 1, V)
-        self.cache.crop(self.prompt_lengths)  # drop the padding slots of shorter rows
+        self.cache.crop(self.prompt_lengths, host=self.prompt_lens)  # drop the padding slots of shorter rows
         first, _ = self.choose(logits[:, 0])
-        self.emit([[t] for t in first.tolist()])
+        self.emit([[t] for t in first.tolist()], last=first)
         self.end_prefill()
 
     def padded_prompts(self, extra: int = 0) -> torch.Tensor:
-        width = int(self.prompt_lengths.max()) + extra
-        tokens = torch.zeros(self.batch, width, dtype=torch.long, device=self.device)
-        for b, p in enumerate(self.prompts):
-            tokens[b, :len(p)] = torch.tensor(p, dtype=torch.long)
-        return tokens
+        """(B, max prompt + extra) the prompts right-padded with 0: one host->device copy."""
+        width = max(self.prompt_lens) + extra
+        return torch.tensor([p + [0] * (width - len(p)) for p in self.prompts], dtype=torch.long,
+                            device=self.device)
 
     def end_prefill(self) -> None:
         self._in_prefill = False
@@ -135,12 +148,14 @@ class Runner:
         """Block length for this cycle: never wider than what any active row may still emit."""
         return max(1, min(block_length, max(self.remaining(b) for b in self.active)))
 
-    def emit(self, per_row: Sequence[Sequence[int] | None], drafted: int = 0) -> None:
+    def emit(self, per_row: Sequence[Sequence[int] | None], drafted: int = 0, *, last: torch.Tensor) -> None:
         """Append each active row's new tokens (None = row skipped this cycle).
 
         Stops a row at its first EOS (kept) or at max_new_tokens (the rest is cut).
-        The last emitted token becomes the row's pending token. ``drafted`` is the
-        number of draft tokens each row proposed this cycle (0 for AR/prefill).
+        ``last`` (B,), on the device: each row's last token of ``per_row`` before any cut;
+        it becomes the pending tokens in one assignment (a row that was cut, skipped or
+        emitted nothing is finished, so its pending token is never read). ``drafted`` is
+        the number of draft tokens each row proposed this cycle (0 for AR/prefill).
         """
         eos = self.request.eos_token_ids
         emitted = 0
@@ -157,8 +172,6 @@ class Runner:
             emitted += len(toks)
             if self.remaining(b) <= 0:
                 self.done[b] = True
-            if toks:
-                self.pending[b] = toks[-1]
             if not self._in_prefill or drafted:
                 self.stats.acceptance_lengths.append(len(toks))
             if drafted:
@@ -166,6 +179,7 @@ class Runner:
                 self.stats.drafted += drafted
                 self.stats.accepted += accepted
                 self.stats.rolled_back += drafted - accepted
+        self.pending = last
         self.stats.emit_times.append((time.perf_counter() - self._started, emitted))
 
     def freeze_finished(self) -> None:
@@ -174,20 +188,31 @@ class Runner:
         A row that finished this cycle may have committed more accepted drafts than it could
         emit (its limit cut them); its cache is no longer read, so it is frozen at no more than
         prompt + generated tokens. Active rows never exceed that: they commit only emitted tokens.
+        Decided on the cache's host mirror; the device lengths follow in one op.
         """
         if self.cache is None:
             return
-        lengths = self.cache.lengths.clone()
-        changed = False
+        host = self.cache.host_lengths
         for b in range(self.batch):
-            if self.done[b]:
-                if self.frozen_lengths[b] is None:
-                    self.frozen_lengths[b] = min(int(lengths[b]), len(self.prompts[b]) + len(self.generated[b]))
-                if int(lengths[b]) != self.frozen_lengths[b]:
-                    lengths[b] = self.frozen_lengths[b]
-                    changed = True
-        if changed:
-            self.cache.crop(lengths)
+            if self.done[b] and self.frozen_lengths[b] is None:
+                self.frozen_lengths[b] = min(host[b], self.prompt_lens[b] + len(self.generated[b]))
+                self._frozen[b] = self.frozen_lengths[b]  # a scalar write, once per row
+        new = [h if f is None else f for h, f in zip(host, self.frozen_lengths)]
+        if new != host:
+            self.cache.crop(torch.where(self._frozen >= 0, self._frozen, self.cache.lengths), host=new)
+
+    def live_mask(self) -> torch.Tensor:
+        """(B,) bool on the device: the rows not finished (``not done``).
+
+        ``done`` is a host list that others may set too (serving stops rows between cycles),
+        so each call writes only the rows that finished since the last one (scalar writes,
+        no host->device copy of the list, no sync).
+        """
+        for b in range(self.batch):
+            if self.done[b] and self._live_host[b]:
+                self._live[b] = False
+                self._live_host[b] = False
+        return self._live
 
     def all_done(self) -> bool:
         return all(self.done)
@@ -197,10 +222,7 @@ class Runner:
         """(B, max(prompt + generated)) rows of prompt + generated tokens, right-padded with pad_id."""
         rows = [p + g for p, g in zip(self.prompts, self.generated)]
         width = max(len(r) for r in rows)
-        out = torch.full((self.batch, width), pad_id, dtype=torch.long, device=self.device)
-        for b, r in enumerate(rows):
-            out[b, :len(r)] = torch.tensor(r, dtype=torch.long)
-        return out
+        return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
 
 
 def private_generator(request: Request, device: torch.device) -> Request:
@@ -225,7 +247,10 @@ def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request
     run = Runner(model, prompts, private_generator(request, next(model.parameters()).device), strategy.name)
     max_prompt = max(len(p) for p in prompts)
     capacity = max_prompt + request.max_new_tokens + strategy.scratch(request, max_prompt) + 1
-    run.cache = KVCache.for_model(model, run.batch, capacity)
+    compiled = getattr(model, "compiled_forwards", None)
+    if compiled is not None:  # static shapes: a full-width cache of a rounded capacity (trimode.compiled)
+        capacity = compiled.capacity_for(capacity)
+    run.cache = KVCache.for_model(model, run.batch, capacity, full_width=compiled is not None)
     if run.all_done():
         run.stats.tokens_per_row = [0] * run.batch
         return run

@@ -16,9 +16,14 @@ Every mode starts from a *pending* token: emitted, keys not yet cached.
   assumed exactly the prefix that got accepted. The LoRA drafter, if loaded,
   acts on the mask groups only, so the verified tokens see the base model.
 
-Both speculative modes accept with :func:`speculative_accept`, so at T=0 they
-emit the AR argmax given the true prefix (token-identical to AR), and at T>0
-they sample exactly from the AR distribution.
+Both speculative modes accept with :func:`speculative_accept_batch`, so at T=0
+they emit the AR argmax given the true prefix (token-identical to AR), and at
+T>0 they sample exactly from the AR distribution.
+
+Host syncs: the commit decisions (acceptance, diffusion's commit rule and its
+"row finished" test) are batched tensor ops on the device. A speculative cycle
+brings its result to the host once (:func:`_accepted_on_host`); block diffusion
+once per denoising step, plus once for its seed token.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from ..masks import quadratic_pattern
 from .loop import Request, Runner
 from .names import MODE_NAMES, SPECULATIVE_MODES  # noqa: F401  (re-exported: defined once, in names.py)
-from .sampling import probabilities, speculative_accept
+from .sampling import probabilities, speculative_accept_batch
 
 
 def _mask_block(run: Runner, n: int) -> torch.Tensor:
@@ -50,7 +55,7 @@ class AutoRegressive:
     def step(self, run: Runner) -> None:
         logits = run.forward(run.pending[:, None])  # causal write, (B, 1, V)
         tokens, _ = run.choose(logits[:, 0])
-        run.emit([[t] for t in tokens.tolist()])
+        run.emit([[t] for t in tokens.tolist()], last=tokens)
 
 
 class BlockDiffusion:
@@ -67,52 +72,71 @@ class BlockDiffusion:
     def step(self, run: Runner) -> None:
         req = run.request
         n = run.cycle_length(req.block_length)
-        block = _mask_block(run, n)
+        block = _mask_block(run, n)  # (B, n)
         masked = torch.zeros(run.batch, n, dtype=torch.bool, device=run.device)
         masked[:, 1:] = True
-        finished = [run.done[b] or n == 1 for b in range(run.batch)]
-        schedule = _fixed_schedule(n - 1, req.steps) if req.threshold is None else None
-        step = 0
-        while not all(finished):
-            # (B, n), (B, n, V); the drafter denoises when it carries the model's diffusion pathway
-            tokens, probs = run.choose(run.peek_block(block, drafter=run.model.config.diffusion_drafter))
-            conf = probs.gather(-1, tokens[..., None]).squeeze(-1).masked_fill(~masked, -1.0)
-            for b in range(run.batch):
-                if finished[b]:
-                    continue
-                commit = self.select(run, b, tokens[b], conf[b], masked[b], schedule, step)
-                block[b, commit] = tokens[b, commit]
-                masked[b] &= ~commit
-                finished[b] = not bool(masked[b].any()) or _eos_before_masks(block[b], masked[b],
-                                                                              req.eos_token_ids)
-            step += 1
-        drafts = [block[b, 1:].tolist() for b in range(run.batch)]
-        if any(not run.done[b] and _needs_seed(drafts[b], run.remaining(b), req.eos_token_ids)
-               for b in range(run.batch)):
+        drafts = [[0] * (n - 1)] * run.batch  # (B, n-1) on the host, read back by each denoising step
+        if n > 1 and not run.all_done():
+            block, drafts = self._denoise(run, block, masked, n)
+        live = [not d for d in run.done]
+        if any(ok and _needs_seed(d, run.remaining(b), req.eos_token_ids)
+               for b, (ok, d) in enumerate(zip(live, drafts))):
             logits = run.forward(block, keep=1)  # causal write of the finished block, (B, 1, V)
             seeds, _ = run.choose(logits[:, 0])
             per_row = [d + [s] for d, s in zip(drafts, seeds.tolist())]
+            last = seeds
         else:  # every row ends inside this block: storing it would be a wasted forward
-            per_row = drafts
-        run.emit(per_row, drafted=n - 1)
+            per_row, last = drafts, block[:, -1]
+        run.emit(per_row, drafted=n - 1, last=last)
 
-    def select(self, run: Runner, row: int, tokens: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor,
+    def _denoise(self, run: Runner, block: torch.Tensor, masked: torch.Tensor, n: int
+                 ) -> tuple[torch.Tensor, list[list[int]]]:
+        """Peek-denoise until every live row's block is finished: (B, n) block, its drafts on the host.
+
+        One host sync per denoising step: the finished flags and the drafts come back together.
+        """
+        req = run.request
+        schedule = _fixed_schedule(n - 1, req.steps) if req.threshold is None else None
+        finished = ~run.live_mask()  # (B,); finished rows are carried along unchanged
+        step = 0
+        while True:
+            # (B, n), (B, n, V); the drafter denoises when it carries the model's diffusion pathway
+            tokens, probs = run.choose(run.peek_block(block, drafter=run.model.config.diffusion_drafter))
+            conf = probs.gather(-1, tokens[..., None]).squeeze(-1).masked_fill(~masked, -1.0)
+            commit = self.select(run, tokens, conf, masked, schedule, step) & masked & ~finished[:, None]
+            block = torch.where(commit, tokens, block)
+            masked = masked & ~commit
+            finished = finished | _finished_rows(block, masked, run.eos_ids)
+            step += 1
+            state = torch.cat([finished[:, None].long(), block[:, 1:]], 1).tolist()  # the one sync
+            if all(row[0] for row in state):
+                return block, [row[1:] for row in state]
+
+    def select(self, run: Runner, tokens: torch.Tensor, conf: torch.Tensor, masked: torch.Tensor,
                schedule: list[int] | None, step: int) -> torch.Tensor:
-        """Which masked positions of one row's block to commit now: (n,) bool.
+        """Which masked positions of each row's block to commit now: (B, n) bool.
 
-        ``tokens`` may be overwritten in place (an oracle commits reference tokens).
-        Threshold rule: every position at least ``threshold`` confident, plus the most
-        confident one (always progress). Fixed schedule: the ``schedule[step]`` most confident.
+        tokens (B, n): this step's choices, which may be overwritten in place (an oracle commits
+        reference tokens); conf (B, n): their probabilities, -1 at positions already filled;
+        masked (B, n). The caller keeps only masked positions of rows still denoising.
+        Threshold rule: every position at least ``threshold`` confident, plus each row's most
+        confident one (always progress). Fixed schedule: each row's ``schedule[step]`` most
+        confident (all remaining ones at the last step); ties go to the leftmost position.
         """
         if schedule is not None:
-            remaining = int(masked.sum())
-            k = remaining if step >= len(schedule) - 1 else min(schedule[step], remaining)
-            commit = torch.zeros_like(masked)
-            commit[torch.topk(conf, k).indices] = True
-            return commit
+            remaining = masked.sum(-1)  # (B,)
+            k = remaining if step >= len(schedule) - 1 else remaining.clamp(max=schedule[step])
+            return _top_k_per_row(conf, k)
         commit = (conf >= run.request.threshold) & masked
-        commit[conf.argmax()] = True
-        return commit
+        return commit.scatter(-1, conf.argmax(-1, keepdim=True), True)
+
+
+def _top_k_per_row(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, n) scores, (B,) counts -> (B, n) bool: each row's k[b] highest scores (ties: leftmost)."""
+    order = scores.argsort(dim=-1, descending=True, stable=True)  # (B, n)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
+                                            .expand_as(order))
+    return rank < k[:, None]
 
 
 def _fixed_schedule(n_masked: int, steps: int | None) -> list[int]:
@@ -122,18 +146,38 @@ def _fixed_schedule(n_masked: int, steps: int | None) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
-def _eos_before_masks(block: torch.Tensor, masked: torch.Tensor, eos: frozenset[int]) -> bool:
-    """An EOS is committed and every position before it is filled: the rest cannot be emitted."""
-    for tok, m in zip(block.tolist(), masked.tolist()):
-        if m:
-            return False
-        if tok in eos:
-            return True
-    return False
+def _finished_rows(block: torch.Tensor, masked: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the row's block has no masks left, or an EOS is committed with every position
+    before it filled (nothing after that EOS can be emitted). block, masked: (B, n); eos_ids: (E,)."""
+    no_mask_yet = masked.long().cumsum(-1) == 0  # (B, n): no masked position at or before j
+    eos_reached = torch.isin(block, eos_ids) & no_mask_yet
+    return ~masked.any(-1) | eos_reached.any(-1)
 
 
 def _needs_seed(drafts: list[int], remaining: int, eos: frozenset[int]) -> bool:
     return remaining > len(drafts) and not any(t in eos for t in drafts)
+
+
+def _committed(run: Runner, accepted: torch.Tensor) -> torch.Tensor:
+    """(B,) tokens a speculative cycle commits: the pending token and the accepted drafts; 0 for
+    finished rows (device side of :func:`_count`)."""
+    return torch.where(run.live_mask(), accepted + 1, 0)
+
+
+def _count(run: Runner, row: int, accepted_host: list[int]) -> int:
+    """Host side of :func:`_committed` for one row."""
+    return 0 if run.done[row] else accepted_host[row] + 1
+
+
+def _accepted_on_host(run: Runner, accepted: torch.Tensor, token: torch.Tensor, drafts: torch.Tensor
+                      ) -> tuple[list[int], list[list[int] | None]]:
+    """The cycle's one host sync: accepted (B,), token (B,) and drafts (B, m) in one ``.tolist()``.
+
+    Returns the accepted counts and each row's emitted tokens (accepted drafts + token; None
+    for finished rows)."""
+    rows = torch.cat([accepted[:, None], token[:, None], drafts], 1).tolist()  # (B, 2 + m)
+    per_row = [None if run.done[b] else row[2:2 + row[0]] + [row[1]] for b, row in enumerate(rows)]
+    return [row[0] for row in rows], per_row
 
 
 class LinearSpeculation:
@@ -153,20 +197,15 @@ class LinearSpeculation:
         else:
             drafts = torch.zeros(run.batch, 0, dtype=torch.long, device=run.device)
             q = None
-        before = run.cache.lengths.clone()
+        before, before_host = run.cache.lengths.clone(), run.cache.host_lengths
         logits = run.forward(torch.cat([run.pending[:, None], drafts], 1))  # causal write, (B, n, V)
         p = probabilities(logits, run.request.sampling)
-        keep, per_row = before.clone(), []
-        for b in range(run.batch):
-            if run.done[b]:
-                per_row.append(None)
-                continue
-            k, token = speculative_accept(drafts[b].tolist(), None if q is None else q[b], p[b],
-                                          run.request.sampling, run.request.generator)
-            per_row.append(drafts[b, :k].tolist() + [token])
-            keep[b] += 1 + k  # the pending token and the accepted drafts stay cached
-        run.cache.crop(keep)
-        run.emit(per_row, drafted=n - 1)
+        accepted, token = speculative_accept_batch(drafts, q, p, run.request.sampling, run.request.generator)
+        # The pending token and the accepted drafts stay cached; finished rows roll back entirely.
+        kept = _committed(run, accepted)  # (B,)
+        accepted_host, per_row = _accepted_on_host(run, accepted, token, drafts)
+        run.cache.crop(before + kept, host=[h + _count(run, b, accepted_host) for b, h in enumerate(before_host)])
+        run.emit(per_row, drafted=n - 1, last=token)
 
 
 class QuadraticSpeculation:
@@ -177,6 +216,8 @@ class QuadraticSpeculation:
     def __init__(self):
         self.drafts: torch.Tensor | None = None  # (B, n-1) drafts following the pending token
         self.draft_probs: torch.Tensor | None = None  # (B, n-1, V) distributions they came from
+        # Step patterns by block length, built once: building one copies its anchors to the device.
+        self.patterns: dict[int, torch.Tensor] = {}
 
     def scratch(self, request: Request, max_prompt: int) -> int:
         n = request.block_length
@@ -186,20 +227,21 @@ class QuadraticSpeculation:
         """Prompt (causal, written) + one mask group after each row's prompt: the first drafts for free."""
         n = run.cycle_length(run.request.block_length)
         lengths = run.prompt_lengths
-        width = int(lengths.max())
+        width = max(run.prompt_lens)
         tokens = run.padded_prompts(extra=n)
         tokens[:, width:] = run.model.config.mask_token_id
         ar = torch.arange(n, device=run.device)
         positions = torch.cat([torch.arange(width, device=run.device).expand(run.batch, width),
                                lengths[:, None] + ar], 1)
-        pattern = torch.stack([quadratic_pattern(width, [int(l) - 1], n, device=run.device) for l in lengths])
+        pattern = torch.stack([quadratic_pattern(width, [length - 1], n, device=run.device)
+                               for length in run.prompt_lens])
         keep = torch.cat([(lengths - 1)[:, None], width + ar.expand(run.batch, n)], 1)
         drafting = torch.arange(width + n, device=run.device) >= width  # (width + n,): the mask group
         logits = run.forward(tokens, positions=positions, pattern=pattern, write=False, keep=keep, drafter=drafting)
-        run.cache.advance(lengths)  # commit each row's real prompt tokens
+        run.cache.advance(lengths, host=run.prompt_lens)  # commit each row's real prompt tokens
         first, _ = run.choose(logits[:, 0])
         self.drafts, self.draft_probs = run.choose(logits[:, 2:])  # masks 1..n-1: after the first token
-        run.emit([[t] for t in first.tolist()])
+        run.emit([[t] for t in first.tolist()], last=first)
         run.end_prefill()
 
     def step(self, run: Runner) -> None:
@@ -212,26 +254,22 @@ class QuadraticSpeculation:
         ar = torch.arange(n, device=dev)
         group_pos = (ar[:, None] + 1 + ar[None, :]).reshape(-1)  # group g, slot m -> g + 1 + m
         positions = torch.cat([base + ar, base + group_pos], 1)
-        pattern = quadratic_pattern(n, list(range(n)), n, device=dev)
+        if n not in self.patterns:
+            self.patterns[n] = quadratic_pattern(n, list(range(n)), n, device=dev)  # (n + n*n,) squared
+        pattern = self.patterns[n]
         drafting = torch.arange(n + n * n, device=dev) >= n  # the drafter acts on the mask groups only
         logits = run.forward(torch.cat([chain, groups], 1), positions=positions, pattern=pattern, write=False,
                              drafter=drafting)
         p = probabilities(logits[:, :n], run.request.sampling)  # (B, n, V): AR targets
         group_tokens, group_probs = run.choose(logits[:, n:].reshape(B, n, n, -1))  # (B, n, n)
-        commit = torch.zeros(B, dtype=torch.long, device=dev)
-        new_drafts, new_probs, per_row = group_tokens[:, 0, 1:].clone(), group_probs[:, 0, 1:].clone(), []
-        for b in range(B):
-            if run.done[b]:
-                per_row.append(None)
-                continue
-            k, token = speculative_accept(drafts[b].tolist(), q[b], p[b], run.request.sampling,
-                                          run.request.generator)
-            per_row.append(drafts[b, :k].tolist() + [token])
-            commit[b] = k + 1  # d_0 .. d_k keys are exact (causal) and already in place
-            new_drafts[b], new_probs[b] = group_tokens[b, k, 1:], group_probs[b, k, 1:]
-        run.cache.advance(commit)
-        self.drafts, self.draft_probs = new_drafts, new_probs
-        run.emit(per_row, drafted=n - 1)
+        accepted, token = speculative_accept_batch(drafts, q, p, run.request.sampling, run.request.generator)
+        # Next drafts: the mask group that assumed exactly the accepted prefix d_0 .. d_k.
+        rows = torch.arange(B, device=dev)
+        self.drafts, self.draft_probs = group_tokens[rows, accepted, 1:], group_probs[rows, accepted, 1:]
+        commit = _committed(run, accepted)  # d_0 .. d_k keys are exact (causal) and already in place
+        accepted_host, per_row = _accepted_on_host(run, accepted, token, drafts)
+        run.cache.advance(commit, host=[_count(run, b, accepted_host) for b in range(B)])
+        run.emit(per_row, drafted=n - 1, last=token)
 
 
 # Keyed by each strategy's own name; their order and spelling are MODE_NAMES (names.py),

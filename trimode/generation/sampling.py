@@ -3,6 +3,8 @@
 All randomness goes through an explicit ``torch.Generator`` (never the global RNG).
 ``temperature == 0`` means greedy (argmax); then every function here is
 deterministic and speculative acceptance reduces to "draft == AR argmax".
+Speculative acceptance works on the whole batch at once, on the device
+(:func:`speculative_accept_batch`), so a decoding cycle needs no per-row host sync.
 """
 
 from __future__ import annotations
@@ -74,41 +76,72 @@ def choose(logits: torch.Tensor, params: SamplingParams, generator) -> tuple[tor
     return sample(probs, generator, params.greedy), probs
 
 
+def speculative_accept_batch(
+    drafts: torch.Tensor, draft_probs: torch.Tensor | None, target_probs: torch.Tensor,
+    params: SamplingParams, generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact speculative acceptance for a whole batch, on the device (no host sync).
+
+    drafts: (B, m) proposed tokens d_1..d_m; draft_probs: (B, m, V) the distributions q_i
+    they were sampled from (None in greedy mode, or when m == 0); target_probs: (B, m + 1, V)
+    the AR distributions p_0..p_m, where p_{i-1} is the target for d_i and p_m gives the
+    bonus token.
+
+    Returns (accepted, token), both (B,) long on the device: each row accepts its first
+    ``accepted`` drafts, then emits ``token``: the AR argmax in greedy mode; otherwise a
+    sample from normalize(max(0, p_k - q_k)) at the rejection index k, or from p_m after
+    full acceptance. Accepting d with probability min(1, p(d)/q(d)) makes the emitted
+    sequence distributed exactly as AR sampling from p.
+
+    Random draws, in this fixed order (so a seeded run is reproducible): one uniform per
+    draft, (B, m), then one multinomial draw per row.
+    """
+    m = drafts.shape[1]
+    if params.greedy:
+        argmax = target_probs.argmax(-1)  # (B, m + 1)
+        accepted = _prefix_length(drafts == argmax[:, :m])
+        return accepted, argmax.gather(1, accepted[:, None]).squeeze(1)
+    if m == 0:
+        return (torch.zeros(drafts.shape[0], dtype=torch.long, device=drafts.device),
+                sample(target_probs[:, 0], generator, False))
+    assert draft_probs is not None, "sampling mode needs the draft distributions"
+    p = target_probs[:, :m].gather(-1, drafts[..., None]).squeeze(-1)  # (B, m): p_{i-1}(d_i)
+    q = draft_probs.gather(-1, drafts[..., None]).squeeze(-1)  # (B, m): q_i(d_i)
+    u = torch.rand(p.shape, generator=generator, device=p.device)
+    accepted = _prefix_length((u * q <= p) & (q > 0))  # u < p/q without dividing by zero
+    return accepted, sample(_emission_weights(draft_probs, target_probs, accepted), generator, False)
+
+
+def _prefix_length(ok: torch.Tensor) -> torch.Tensor:
+    """(B, m) bool -> (B,) long: how many leading entries of each row are True."""
+    return ok.long().cumprod(-1).sum(-1)
+
+
+def _emission_weights(draft_probs: torch.Tensor, target_probs: torch.Tensor, accepted: torch.Tensor
+                      ) -> torch.Tensor:
+    """(B, V) unnormalised distribution of the token emitted after ``accepted`` (B,) drafts.
+
+    Rejected at k: max(0, p_k - q_k); where that is all zero (p_k == q_k exactly, so the
+    rejection had probability 0) it falls back to p_k. All accepted (k == m): p_m.
+    """
+    m = draft_probs.shape[1]
+    rows = torch.arange(accepted.shape[0], device=accepted.device)
+    p_k = target_probs[rows, accepted]  # (B, V)
+    q_k = draft_probs[rows, accepted.clamp(max=m - 1)]  # (B, V); unused where accepted == m
+    residual = (p_k - q_k).clamp_min(0)
+    use_p = (accepted == m) | (residual.sum(-1) <= 0)
+    weights = torch.where(use_p[:, None], p_k, residual)
+    return weights / weights.sum(-1, keepdim=True)
+
+
 def speculative_accept(
     drafts: list[int], draft_probs: torch.Tensor | None, target_probs: torch.Tensor,
     params: SamplingParams, generator: torch.Generator | None,
 ) -> tuple[int, int]:
-    """Exact speculative acceptance for one row.
-
-    drafts: d_1..d_m proposed tokens; draft_probs: (m, V) the distributions q_i they were
-    sampled from (None in greedy mode); target_probs: (m + 1, V) the AR distributions
-    p_0..p_m, where p_{i-1} is the target for d_i and p_m gives the bonus token.
-
-    Returns (k, token): k drafts accepted, then ``token`` is emitted after them: the AR
-    argmax in greedy mode; otherwise a sample from normalize(max(0, p - q)) on rejection
-    or from p_m after full acceptance. Accepting d with probability min(1, p(d)/q(d))
-    makes the emitted sequence distributed exactly as AR sampling from p.
-    """
-    m = len(drafts)
-    if params.greedy:
-        argmax = target_probs.argmax(-1).tolist()
-        k = 0
-        while k < m and drafts[k] == argmax[k]:
-            k += 1
-        return k, argmax[k]
-    if m == 0:
-        return 0, int(sample(target_probs[0], generator, False))
-    assert draft_probs is not None, "sampling mode needs the draft distributions"
-    d = torch.as_tensor(drafts, dtype=torch.long, device=target_probs.device)
-    p = target_probs[:m].gather(-1, d[:, None]).squeeze(-1)
-    q = draft_probs.gather(-1, d[:, None]).squeeze(-1)
-    u = torch.rand(m, generator=generator, device=target_probs.device)
-    ok = (u * q <= p) & (q > 0)  # u < p/q without dividing by zero
-    k = int(ok.long().cumprod(0).sum())
-    if k == m:
-        return k, int(sample(target_probs[m], generator, False))
-    residual = (target_probs[k] - draft_probs[k]).clamp_min(0)
-    total = residual.sum()
-    if total <= 0:  # p == q exactly: the rejection had probability 0; fall back to p
-        residual, total = target_probs[k], target_probs[k].sum()
-    return k, int(sample(residual / total, generator, False))
+    """:func:`speculative_accept_batch` for one row: drafts (m,) as a list, draft_probs (m, V),
+    target_probs (m + 1, V). Returns (k, token) as Python ints (a host sync: not for hot loops)."""
+    d = torch.as_tensor(drafts, dtype=torch.long, device=target_probs.device).reshape(1, -1)
+    accepted, token = speculative_accept_batch(d, None if draft_probs is None else draft_probs[None],
+                                               target_probs[None], params, generator)
+    k, tok = torch.stack([accepted, token], 1)[0].tolist()
+    return k, tok
