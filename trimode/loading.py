@@ -122,7 +122,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     with quiet_transformers(enabled=not verbose):
         config = _trimode_config(path)
         target = resolve_dtype(dtype, device, info, getattr(config, "dtype", None), available)
-        model = _load_weights(path, config, target, info)
+        model = _load_weights(path, config, target, info, mapped=not (device.type == "cpu" and target == torch.float32))
         has_drafter = drafter and (path / DRAFTER_SUBFOLDER / "adapter_config.json").is_file()
         if has_drafter:
             model = _attach_drafter(model, path)
@@ -130,7 +130,19 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     model = model.to(device).eval()
     if device.type == "cpu":
         model.pack_weights()  # CPU matmul layout for every forward width (see modeling.Projection)
+        _return_freed_memory()
     return Loaded(model=model, tokenizer=tokenizer, path=path, has_drafter=has_drafter)
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap memory freed by packing back to the OS (glibc keeps freed blocks of the
+    converted weights otherwise: hundreds of MB of resident memory no tensor uses)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 def check_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
@@ -259,7 +271,8 @@ def _trimode_config(path: Path):
     return config
 
 
-def _load_weights(path: Path, config, dtype: torch.dtype, info: CheckpointInfo) -> torch.nn.Module:
+def _load_weights(path: Path, config, dtype: torch.dtype, info: CheckpointInfo, mapped: bool = True
+                  ) -> torch.nn.Module:
     """Build the model on the meta device and fill it from ``path`` in ``dtype``, one tensor at a time.
 
     Same dtype: transformers' own path, which maps the files and uses the mapping as the
@@ -268,7 +281,9 @@ def _load_weights(path: Path, config, dtype: torch.dtype, info: CheckpointInfo) 
     every page it read stays resident until the end: the peak is the converted model *plus*
     the whole file. Handing ``from_pretrained`` a state dict of lazy ``pread`` slices instead
     (its ``state_dict`` argument, same conversion code) reads each tensor into a buffer that
-    is freed once converted.
+    is freed once converted. ``mapped=False`` takes that path for a same-dtype checkpoint too:
+    weights that will be packed (CPU float32) would otherwise keep the whole mapped file
+    resident beside their packed copy.
     """
     from .configuration import NemotronLabsDiffusionConfig
     from .modeling import NemotronLabsDiffusionModel, TrimodeModel
@@ -276,7 +291,7 @@ def _load_weights(path: Path, config, dtype: torch.dtype, info: CheckpointInfo) 
     model_cls = NemotronLabsDiffusionModel if isinstance(config, NemotronLabsDiffusionConfig) else TrimodeModel
     if not info.files:
         require_safetensors(path)  # raises: says why nothing loads
-    if info.dtypes <= {dtype}:
+    if info.dtypes <= {dtype} and mapped:
         return model_cls.from_pretrained(path, config=config, dtype=dtype)
     with _pread_state_dict(info.files) as state_dict:
         if state_dict is None:  # safetensors without the pread backend (< 0.7): transformers' path
