@@ -154,3 +154,15 @@ def test_diffusion_denoises_with_the_drafter_when_the_config_says_so(tmp_path, m
     assert not torch.equal(with_drafter, without)
     assert torch.equal(model.ar_generate(prompts, max_new_tokens=12, eos_token_id=[])[0],
                        base.ar_generate(prompts, max_new_tokens=12, eos_token_id=[])[0])
+
+
+def test_adapters_injected_after_forwards_are_switched_too():
+    """The adapter layers are looked up once per adapter set: one injected after the model
+    already ran must still be off in plain forwards and on in draft forwards."""
+    model = tiny_model(seed=3)
+    ids = torch.randint(4, 48, (1, 6))
+    base = model(ids).logits
+    inner = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules=ALL_PROJECTIONS,
+                                             init_lora_weights=False)).model
+    assert torch.equal(inner(ids).logits, base)
+    assert not torch.allclose(inner(ids, use_drafter=True).logits, base)

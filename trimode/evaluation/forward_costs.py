@@ -48,7 +48,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..assembly import cache_root
-from ..cache import KVCache
+from ..generation.loop import decoding_cache
 from ..masks import block_pattern, quadratic_pattern
 
 KINDS = ("write", "peek", "quadratic")
@@ -120,7 +120,7 @@ def time_forwards(model, needs: Iterable[Key], *, prefix_tokens: int, repeats: i
     device = next(model.parameters()).device
     cfg = model.config
     widest = max(forward_width(kind, k) for kind, k in needs)
-    cache = KVCache.for_model(model, 1, prefix_tokens + widest + 1)
+    cache = decoding_cache(model, 1, prefix_tokens + widest + 1)  # as a decode would (compiled: full width)
     inputs = {key: cost_inputs(model, *key, prefix_tokens, device) for key in needs}
     samples: dict[Key, list[float]] = {key: [] for key in needs}
     gen = torch.Generator().manual_seed(seed)
@@ -213,12 +213,11 @@ def _config_sha256(model) -> str:
 
 def _weight_layout(model) -> str:
     """How the projection weights are laid out for the matmuls (their layout changes what a forward
-    costs): "packed" (oneDNN-packed), "decode" (a transposed copy for decoding) or "dense"."""
-    modules = list(model.modules())
-    if any(getattr(m, "packed", False) is True for m in modules):
+    costs): "packed" (oneDNN-packed, what loading does on CPU), "compiled" or "dense"."""
+    if getattr(model, "compiled_forwards", None) is not None:
+        return "compiled"
+    if any(getattr(m, "packed", False) is True for m in model.modules()):
         return "packed"
-    if any(getattr(m, "decode_layout", False) is True for m in modules):
-        return "decode"
     return "dense"
 
 

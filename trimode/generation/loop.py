@@ -242,15 +242,21 @@ def private_generator(request: Request, device: torch.device) -> Request:
     return request
 
 
+def decoding_cache(model, batch: int, capacity: int) -> KVCache:
+    """The cache a decode of ``model`` uses: with compiled forwards, full width and its capacity
+    rounded up (static shapes, see :mod:`trimode.compiled`); otherwise exactly ``capacity``."""
+    compiled = getattr(model, "compiled_forwards", None)
+    if compiled is None:
+        return KVCache.for_model(model, batch, capacity)
+    return KVCache.for_model(model, batch, compiled.capacity_for(capacity), full_width=True)
+
+
 def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request) -> Runner:
     """Run ``strategy`` on ``prompts`` until every row has finished. Returns the runner (state + stats)."""
     run = Runner(model, prompts, private_generator(request, next(model.parameters()).device), strategy.name)
     max_prompt = max(len(p) for p in prompts)
-    capacity = max_prompt + request.max_new_tokens + strategy.scratch(request, max_prompt) + 1
-    compiled = getattr(model, "compiled_forwards", None)
-    if compiled is not None:  # static shapes: a full-width cache of a rounded capacity (trimode.compiled)
-        capacity = compiled.capacity_for(capacity)
-    run.cache = KVCache.for_model(model, run.batch, capacity, full_width=compiled is not None)
+    run.cache = decoding_cache(model, run.batch, max_prompt + request.max_new_tokens
+                               + strategy.scratch(request, max_prompt) + 1)
     if run.all_done():
         run.stats.tokens_per_row = [0] * run.batch
         return run
