@@ -100,3 +100,22 @@ def test_speculation_is_exact_with_packed_weights():
     for mode in ("linear-spec", "quadratic-spec"):
         out, _ = model.decode_mode(mode, prompts, max_new_tokens=19, block_length=5, eos_token_id=[])
         assert torch.equal(out, ref), mode
+
+
+def test_a_packed_model_can_be_deep_copied_and_pickled():
+    import copy
+    import io
+
+    model = tiny_model(seed=8).requires_grad_(False).pack_weights()  # as load() returns it
+    ids = torch.randint(4, 48, (2, 5))
+    want = model(ids).logits  # no gradients asked for: stays packed
+    assert model.diffusion_head.packed
+    twin = copy.deepcopy(model)
+    assert twin.encoder.layers[0].self_attn.q_proj._packed is twin.encoder.layers[0].self_attn.k_proj._packed
+    assert twin.encoder.layers[0].self_attn.q_proj._packed is not model.encoder.layers[0].self_attn.q_proj._packed
+    assert torch.equal(twin(ids).logits, want)
+    assert all(p.weight.untyped_storage().nbytes() == p.weight.element_size() for p in _projections(twin))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False)(ids).logits, want)

@@ -127,7 +127,9 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         if has_drafter:
             model = _attach_drafter(model, path)
         tokenizer = _load_tokenizer(path)
-    model = model.to(device).eval()
+    # Inference: no parameter asks for gradients, so a forward outside torch.no_grad() keeps the packed
+    # weights below (a forward with gradients unpacks); call requires_grad_() to fine-tune.
+    model = model.to(device).eval().requires_grad_(False)
     if device.type == "cpu":
         model.pack_weights()  # CPU matmul layout for every forward width (see modeling.Projection)
         _return_freed_memory()

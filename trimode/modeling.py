@@ -68,6 +68,12 @@ class Projection(nn.Linear):
             self._packed.unpack()  # training: gradients need the dense weight
         return F.linear(x, self.weight, self.bias)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self._packed is not None:  # a copy (deepcopy, pickle) of a packed projection: no dense stand-in
+            w = self.weight
+            w.data = torch.empty(1, dtype=w.dtype, device=w.device).expand(w.shape)
+
     def _apply(self, fn, recurse=True):
         # .to(), .float(), .cuda(), ...: move the real values, not the placeholder.
         if self._packed is not None:
@@ -138,6 +144,16 @@ class PackedWeights:
                 for i, w in enumerate(self.chunks)]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (..., sum(out))
         return list(out.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [out]
+
+    # copy.deepcopy / pickle: oneDNN's opaque tensors have no storage to copy; their dense values do.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["chunks"] = [c.to_dense() for c in self.chunks]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.chunks = [torch.ops.mkldnn._reorder_linear_weight(c, self.ROWS_HINT) for c in self.chunks]
 
     def _dense(self) -> torch.Tensor:
         return torch.cat([c.to_dense() for c in self.chunks])  # (sum(out), in)
