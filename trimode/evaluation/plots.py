@@ -170,13 +170,16 @@ def forward_cost_plot(result: dict, path: Path) -> Path:
     for ax in (a1, a2):
         _block_axis(ax, ks, "k (new tokens per forward)")
         ax.legend(fontsize=7)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     a1.set_yscale("log")
+    a1.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 40, not 4 x 10^1
+    a1.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "2468" else ""))
     a1.set_ylabel("ms per forward")
     a1.set_title(f"One forward after a {result['prefix_tokens']}-token cached prefix")
     a2.set_yscale("log", base=2)
-    from matplotlib.ticker import FuncFormatter
-
     a2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    a2.yaxis.set_minor_formatter(NullFormatter())
     a2.set_ylabel("cost relative to k = 1 (median)")
     a2.set_title("Cost ratio to k = 1")
     m = result["machine"]
