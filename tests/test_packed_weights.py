@@ -119,3 +119,23 @@ def test_a_packed_model_can_be_deep_copied_and_pickled():
     torch.save(model, buffer)
     buffer.seek(0)
     assert torch.equal(torch.load(buffer, weights_only=False)(ids).logits, want)
+
+
+def test_weights_packed_in_many_chunks_round_trip(monkeypatch):
+    """Small chunks (7 rows): members straddle chunk boundaries; forward, state_dict and unpack agree."""
+    from trimode.modeling import PackedWeights
+
+    monkeypatch.setattr(PackedWeights, "CHUNK_BYTES", 7 * 32 * 4)  # 7 rows of 32 float32 inputs
+    dense = tiny_model(seed=10, attention_bias=True)
+    want = {k: v.clone() for k, v in dense.state_dict().items()}
+    ids = torch.randint(4, 48, (2, 6))
+    with torch.no_grad():
+        ref = dense(ids).logits
+        packed = tiny_model(seed=10, attention_bias=True).pack_weights()
+        assert len(packed.encoder.layers[0].self_attn.q_proj._packed.chunks) > 1
+        assert torch.allclose(packed(ids).logits, ref, atol=1e-4)
+    for name, value in packed.state_dict().items():
+        assert torch.equal(value, want[name]), name
+    packed.pack_weights(False)
+    for name, value in packed.state_dict().items():
+        assert torch.equal(value, want[name]), name

@@ -71,8 +71,7 @@ class Projection(nn.Linear):
     def __setstate__(self, state):
         super().__setstate__(state)
         if self._packed is not None:  # a copy (deepcopy, pickle) of a packed projection: no dense stand-in
-            w = self.weight
-            w.data = torch.empty(1, dtype=w.dtype, device=w.device).expand(w.shape)
+            _drop_dense(self.weight)
 
     def _apply(self, fn, recurse=True):
         # .to(), .float(), .cuda(), ...: move the real values, not the placeholder.
@@ -89,6 +88,12 @@ class Projection(nn.Linear):
         if self._packed is not None:
             self._packed.unpack()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _drop_dense(weight: nn.Parameter) -> None:
+    """Free a packed weight's dense values: its data becomes one element expanded to its shape
+    (the same Parameter object, name and shape, which optimizers and PEFT hold)."""
+    weight.data = torch.empty(1, dtype=weight.dtype, device=weight.device).expand(weight.shape)
 
 
 class PackedWeights:
@@ -108,7 +113,7 @@ class PackedWeights:
         self.members = members
         self.sizes = [m.out_features for m in members]
         w = members[0].weight
-        rows = max(1, self.CHUNK_BYTES // (w.shape[1] * w.element_size()))
+        rows = self.rows = max(1, self.CHUNK_BYTES // (w.shape[1] * w.element_size()))
         self.chunks: list[torch.Tensor] = []  # packed (rows_i, in) pieces of the stacked (sum(out), in) matrix
         total, done = sum(self.sizes), 0
         ends = [sum(self.sizes[:i + 1]) for i in range(len(members))]
@@ -119,8 +124,7 @@ class PackedWeights:
                 self._release(members[done])
                 done += 1
         biases = [m.bias for m in members]
-        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
-        self._bias_chunks = None if self.bias is None else list(self.bias.split(rows))
+        self._bias_chunks = None if biases[0] is None else list(torch.cat([b.detach() for b in biases]).split(rows))
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the members' weights stacked, as one contiguous (stop - start, in) tensor."""
@@ -133,8 +137,7 @@ class PackedWeights:
         return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces)
 
     def _release(self, member: Projection) -> None:
-        w = member.weight
-        member.weight.data = torch.empty(1, dtype=w.dtype, device=w.device).expand(w.shape)  # same Parameter object
+        _drop_dense(member.weight)
         member._packed = self
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -155,18 +158,23 @@ class PackedWeights:
         self.__dict__.update(state)
         self.chunks = [torch.ops.mkldnn._reorder_linear_weight(c, self.ROWS_HINT) for c in self.chunks]
 
-    def _dense(self) -> torch.Tensor:
-        return torch.cat([c.to_dense() for c in self.chunks])  # (sum(out), in)
+    def _dense_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the stacked matrix as a new dense (stop - start, in) tensor; only the
+        chunks holding them are converted."""
+        first, last = start // self.rows, (stop - 1) // self.rows
+        dense = torch.cat([c.to_dense() for c in self.chunks[first:last + 1]])
+        offset = first * self.rows
+        return dense[start - offset:stop - offset].clone()
 
     def dense(self, member: Projection) -> torch.Tensor:
         """member's dense (out, in) weight."""
         i = self.members.index(member)
         start = sum(self.sizes[:i])
-        return self._dense()[start:start + self.sizes[i]].clone()
+        return self._dense_rows(start, start + self.sizes[i])
 
     def unpack(self) -> None:
         """Give every member its dense weight back and drop the packed copy."""
-        for m, w in zip(self.members, self._dense().split(self.sizes)):
+        for m, w in zip(self.members, self._dense_rows(0, sum(self.sizes)).split(self.sizes)):
             m.weight.data = w.clone()
             m._packed = None
         self.members, self.chunks = [], []

@@ -125,9 +125,7 @@ class Runner:
 
     def padded_prompts(self, extra: int = 0) -> torch.Tensor:
         """(B, max prompt + extra) the prompts right-padded with 0: one host->device copy."""
-        width = max(self.prompt_lens) + extra
-        return torch.tensor([p + [0] * (width - len(p)) for p in self.prompts], dtype=torch.long,
-                            device=self.device)
+        return self._right_padded(self.prompts, 0, max(self.prompt_lens) + extra)
 
     def end_prefill(self) -> None:
         self._in_prefill = False
@@ -221,8 +219,11 @@ class Runner:
     def output_ids(self, pad_id: int) -> torch.Tensor:
         """(B, max(prompt + generated)) rows of prompt + generated tokens, right-padded with pad_id."""
         rows = [p + g for p, g in zip(self.prompts, self.generated)]
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
+        return self._right_padded(rows, pad_id, max(len(r) for r in rows))
+
+    def _right_padded(self, rows: list[list[int]], pad: int, width: int) -> torch.Tensor:
+        """(B, width) ``rows`` right-padded with ``pad``, on the device in one host->device copy."""
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
 
 
 def private_generator(request: Request, device: torch.device) -> Request:
