@@ -24,7 +24,7 @@ def models():
         return model.eval().requires_grad_(False)
 
     eager, compiled = build(), build()
-    compiled.pack_weights().compile_forwards(widths=(1, 4, 20), verbose=False)
+    compiled.pack_weights(min_elements=0).compile_forwards(widths=(1, 4, 20), verbose=False)
     return eager, compiled
 
 

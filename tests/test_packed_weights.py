@@ -20,7 +20,7 @@ def test_packed_forward_matches_dense_and_frees_the_dense_copy():
     ids = torch.randint(4, 48, (2, 7))
     with torch.no_grad():
         want = [model(ids[:, :k]).logits for k in (1, 3, 7)]
-        model.pack_weights()
+        model.pack_weights(min_elements=0)
         got = [model(ids[:, :k]).logits for k in (1, 3, 7)]
     for w, g in zip(want, got):
         assert torch.allclose(g, w, atol=1e-4)
@@ -33,10 +33,23 @@ def test_packed_forward_matches_dense_and_frees_the_dense_copy():
         assert proj.weight.shape == (proj.out_features, proj.in_features)  # name and shape unchanged
 
 
+def test_groups_below_the_size_threshold_stay_dense():
+    model = tiny_model(seed=9)  # hidden 32, intermediate 64: q/k/v 2048 weights, o 1024, gate/up 4096, down 2048
+    ids = torch.randint(4, 48, (1, 5))
+    with torch.no_grad():
+        want = model(ids).logits
+        model.pack_weights(min_elements=4096)
+        got = model(ids).logits
+    mlp, attn = model.encoder.layers[0].mlp, model.encoder.layers[0].self_attn
+    assert mlp.gate_proj.packed and mlp.up_proj.packed  # 2 * 64 * 32 = 4096 weights: packed
+    assert not attn.q_proj.packed and not attn.o_proj.packed and not mlp.down_proj.packed
+    assert torch.allclose(got, want, atol=1e-4)
+
+
 def test_state_dict_and_save_of_a_packed_model_are_the_dense_weights(tmp_path):
     dense = tiny_model(seed=3)
     want = {k: v.clone() for k, v in dense.state_dict().items()}
-    packed = tiny_model(seed=3).pack_weights()
+    packed = tiny_model(seed=3).pack_weights(min_elements=0)
     got = packed.state_dict()
     assert set(got) == set(want)
     for name in want:
@@ -48,7 +61,7 @@ def test_state_dict_and_save_of_a_packed_model_are_the_dense_weights(tmp_path):
 
 
 def test_load_state_dict_into_a_packed_model_unpacks_it():
-    model = tiny_model(seed=4).pack_weights()
+    model = tiny_model(seed=4).pack_weights(min_elements=0)
     other = tiny_model(seed=5)
     model.load_state_dict(other.state_dict())
     assert not any(p.packed for p in _projections(model))
@@ -60,7 +73,7 @@ def test_a_forward_with_gradients_unpacks_and_trains_the_dense_weights():
     model = tiny_model(seed=6).train()
     ids = torch.randint(4, 48, (2, 6))
     dense_grads = torch.autograd.grad(model(ids, labels=ids).loss, list(model.parameters()))
-    model.pack_weights()
+    model.pack_weights(min_elements=0)
     loss = model(ids, labels=ids).loss  # grad enabled and weights need it: back to dense first
     assert not any(p.packed for p in _projections(model))
     for g, want in zip(torch.autograd.grad(loss, list(model.parameters())), dense_grads):
@@ -70,7 +83,7 @@ def test_a_forward_with_gradients_unpacks_and_trains_the_dense_weights():
 def test_moving_a_packed_model_moves_its_real_weights():
     model = tiny_model(seed=7)
     want = model.diffusion_head.weight.detach().double().clone()
-    model.pack_weights().to(torch.float64)
+    model.pack_weights(min_elements=0).to(torch.float64)
     assert torch.equal(model.diffusion_head.weight, want)
 
 
@@ -84,7 +97,7 @@ def test_lora_on_packed_weights_matches_lora_on_dense(targets):
     gate = torch.arange(8) >= 5
     with torch.no_grad():
         want = [peft(ids).logits, peft(ids, use_drafter=True).logits, peft(ids, use_drafter=gate).logits]
-        peft.pack_weights()
+        peft.pack_weights(min_elements=0)
         assert base_projection(peft.encoder.layers[0].self_attn.o_proj).packed
         got = [peft(ids).logits, peft(ids, use_drafter=True).logits, peft(ids, use_drafter=gate).logits]
     for w, g in zip(want, got):
@@ -94,7 +107,7 @@ def test_lora_on_packed_weights_matches_lora_on_dense(targets):
 
 
 def test_speculation_is_exact_with_packed_weights():
-    model = tiny_model(seed=12).pack_weights()
+    model = tiny_model(seed=12).pack_weights(min_elements=0)
     prompts = random_prompts(torch.Generator().manual_seed(12), 3)
     ref, _ = model.ar_generate(prompts, max_new_tokens=19, eos_token_id=[])
     for mode in ("linear-spec", "quadratic-spec"):
@@ -106,7 +119,7 @@ def test_a_packed_model_can_be_deep_copied_and_pickled():
     import copy
     import io
 
-    model = tiny_model(seed=8).requires_grad_(False).pack_weights()  # as load() returns it
+    model = tiny_model(seed=8).requires_grad_(False).pack_weights(min_elements=0)  # as load() returns it
     ids = torch.randint(4, 48, (2, 5))
     want = model(ids).logits  # no gradients asked for: stays packed
     assert model.diffusion_head.packed
@@ -131,7 +144,7 @@ def test_weights_packed_in_many_chunks_round_trip(monkeypatch):
     ids = torch.randint(4, 48, (2, 6))
     with torch.no_grad():
         ref = dense(ids).logits
-        packed = tiny_model(seed=10, attention_bias=True).pack_weights()
+        packed = tiny_model(seed=10, attention_bias=True).pack_weights(min_elements=0)
         assert len(packed.encoder.layers[0].self_attn.q_proj._packed.chunks) > 1
         assert torch.allclose(packed(ids).logits, ref, atol=1e-4)
     for name, value in packed.state_dict().items():

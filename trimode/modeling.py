@@ -108,6 +108,9 @@ class PackedWeights:
 
     ROWS_HINT = 16  # the row count oneDNN tunes the layout for; it stays fast from 1 to hundreds
     CHUNK_BYTES = 32 * 2**20
+    # Below this many weights a group stays dense: oneDNN's packed call costs about 20 us whatever the
+    # size, more than a plain matmul of a (512, 256) weight takes for one row.
+    MIN_ELEMENTS = 2**18
 
     def __init__(self, members: list[Projection]):
         self.members = members
@@ -453,12 +456,13 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
         self.diffusion_head = Projection(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def pack_weights(self, enabled: bool = True) -> "TrimodeModel":
+    def pack_weights(self, enabled: bool = True, min_elements: int = PackedWeights.MIN_ELEMENTS) -> "TrimodeModel":
         """Pack the projection weights for CPU inference (see :class:`Projection`), or unpack.
 
         q/k/v share one packed matrix per layer, gate/up another; the others and the
         output head are packed alone. CUDA weights and dtypes oneDNN does not pack stay
-        as they are; a forward with gradients unpacks (training sees dense weights).
+        as they are, and so do groups of fewer than ``min_elements`` weights (small matrices
+        are faster dense); a forward with gradients unpacks (training sees dense weights).
         Costs no extra memory: each dense weight is released once packed.
         ``trimode.loading.load`` packs CPU models.
         """
@@ -468,7 +472,8 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
         if enabled:
             for group in self._projection_groups():
                 # Compiled forwards read the backbone's dense weights (trimode.compiled): only the head packs.
-                if packable(group) and (self._compiled is None or group[0] is self.diffusion_head):
+                big = sum(p.weight.numel() for p in group) >= min_elements
+                if big and packable(group) and (self._compiled is None or group[0] is self.diffusion_head):
                     PackedWeights(group)
         return self
 
