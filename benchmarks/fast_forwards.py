@@ -68,10 +68,12 @@ def child(args) -> None:
             if mode != "ar":
                 kw["block_length"] = args.block
             model.decode_mode(mode, prompts, **dict(kw, max_new_tokens=8))  # warm-up
-            start = time.perf_counter()
-            ids, nfe, stats = model.decode_mode(mode, prompts, **kw)
-            seconds = time.perf_counter() - start
-            out[f"{mode}@{batch}"] = {"tokens_per_s": sum(stats.tokens_per_row) / seconds,
+            rates = []
+            for _ in range(args.inner):
+                start = time.perf_counter()
+                ids, nfe, stats = model.decode_mode(mode, prompts, **kw)
+                rates.append(sum(stats.tokens_per_row) / (time.perf_counter() - start))
+            out[f"{mode}@{batch}"] = {"tokens_per_s": statistics.median(rates),
                                       "tokens": sum(stats.tokens_per_row), "nfe": nfe,
                                       "output": ids.tolist() if mode == "ar" or batch == 1 else None}
     print(json.dumps(out))
@@ -80,7 +82,7 @@ def child(args) -> None:
 def run_tree(tree: Path, args, model: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", model, "--threads",
            str(args.threads), "--new-tokens", str(args.new_tokens), "--block", str(args.block),
-           "--batches", *map(str, args.batches), "--modes", *args.modes]
+           "--inner", str(args.inner), "--batches", *map(str, args.batches), "--modes", *args.modes]
     env = dict(os.environ, PYTHONPATH=str(tree))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
     if done.returncode:
@@ -147,6 +149,8 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--block", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each timed run")
+    parser.add_argument("--inner", type=int, default=1,
+                        help="timed runs of each mode inside one process (its median is that process's figure)")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
                         help="forward widths of the cost curve")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -226,7 +230,7 @@ def markdown(rep: dict, args) -> str:
         lines += ["", f"## Every mode, this tree against `{rep['baseline']}`", "",
                   f"Block length {args.block} (speculative modes and diffusion), {args.new_tokens} new tokens per "
                   f"row, no EOS stop, held-out chat/code prompts, each tree in its own process, median of "
-                  f"{args.repeats} interleaved runs. Greedy outputs identical between the trees: "
+                  f"{args.repeats} interleaved processes (each the median of its {args.inner} runs). Greedy outputs identical between the trees: "
                   f"{rep['modes_same_output']}.", "",
                   "| mode @ batch | new tokens/s | old tokens/s | new / old |", "|---|---|---|---|"]
         for key, v in rep["modes"].items():

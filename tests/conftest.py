@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -14,5 +16,7 @@ from trimode.loading import SHIPPED_MODEL  # noqa: E402
 os.environ.setdefault("TRIMODE_MODEL", str(SHIPPED_MODEL))
 # Assembled models and persisted forward costs go to a cache of the test session's own, never the
 # user's (a curve measured under a busy test run must not decide their block lengths).
-os.environ.setdefault("TRIMODE_CACHE", tempfile.mkdtemp(prefix="trimode-test-cache-"))
+if "TRIMODE_CACHE" not in os.environ:
+    os.environ["TRIMODE_CACHE"] = tempfile.mkdtemp(prefix="trimode-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TRIMODE_CACHE"], ignore_errors=True)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
