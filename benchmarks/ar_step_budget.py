@@ -75,7 +75,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="markdown report path (default: print only)")
     args = parser.parse_args()
 
-    from trimode.evaluation.forward_costs import decode_step_bytes, memory_bandwidth, time_forwards
+    from trimode.evaluation.forward_costs import decode_step_bytes, memory_bandwidth
+    from trimode.generation.forward_timing import time_forwards
     from trimode.loading import load
 
     torch.set_num_threads(args.threads)

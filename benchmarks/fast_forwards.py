@@ -134,7 +134,7 @@ def environment() -> dict:
     import torch
     import transformers
 
-    from trimode.evaluation.environment import cpu_model
+    from trimode.generation.forward_timing import cpu_model
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()

@@ -178,7 +178,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="trimode-load-memory-", dir=args.dir))
     try:
         t0 = time.perf_counter()
-        file_bytes = write_checkpoint(tmp, cfg, args.shards)
+        write_checkpoint(tmp, cfg, args.shards)
         on_disk = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         print(f"wrote {on_disk / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         settle(tmp)

@@ -57,10 +57,10 @@ def test_argument_errors_import_no_torch():
 
 
 def test_mode_names_are_the_strategies_names():
-    from trimode.generation.modes import MODES
+    from trimode.generation.modes import STRATEGIES
     from trimode.generation.names import MODE_NAMES, SPECULATIVE_MODES
 
-    assert tuple(MODES) == MODE_NAMES
+    assert tuple(STRATEGIES) == MODE_NAMES
     assert set(SPECULATIVE_MODES) < set(MODE_NAMES)
 
 

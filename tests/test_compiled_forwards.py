@@ -7,9 +7,8 @@ quadratic-spec's 4 + 4 * 4 tokens; every mode must give the eager model's tokens
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-
 from helpers import random_prompts, tiny_model
+from peft import LoraConfig, get_peft_model
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")

@@ -16,7 +16,6 @@ import sys
 
 import pytest
 import torch
-
 from test_published_checkpoints import published_shapes, shrunk_config, write_checkpoint
 
 # ~52M parameters, ~100 MB in bfloat16: large against the loading code's own fixed cost and the

@@ -1,11 +1,11 @@
-"""Masks against brute-force constructions from the spec's rules; the joint loss against a hand computation."""
+"""Masks against brute-force constructions from their rules stated in words; the joint loss against a hand computation."""
 
 import math
 
 import torch
 import torch.nn.functional as F
-
 from helpers import tiny_model
+
 from trimode import joint_loss
 from trimode.masks import quadratic_pattern, training_mask, with_prefix
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_model
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, Ministral3Config, Ministral3Model
 
 import trimode
-from helpers import tiny_model
 
 PUBLISHED_ROPE = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "beta_fast": 32.0, "beta_slow": 1.0,
                   "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": 16,

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from helpers import random_prompts, tiny_model
 from peft import LoraConfig, get_peft_model
 
 import trimode
-from helpers import random_prompts, tiny_model
-from trimode.modeling import Projection, base_projection
+from trimode.projections import Projection, base_projection
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -136,7 +136,7 @@ def test_a_packed_model_can_be_deep_copied_and_pickled():
 
 def test_weights_packed_in_many_chunks_round_trip(monkeypatch):
     """Small chunks (7 rows): members straddle chunk boundaries; forward, state_dict and unpack agree."""
-    from trimode.modeling import PackedWeights
+    from trimode.projections import PackedWeights
 
     monkeypatch.setattr(PackedWeights, "CHUNK_BYTES", 7 * 32 * 4)  # 7 rows of 32 float32 inputs
     dense = tiny_model(seed=10, attention_bias=True)

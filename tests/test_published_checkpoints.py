@@ -49,7 +49,7 @@ def shrunk_config(name: str) -> dict:
 
 
 def published_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """Weight names and shapes of the published layout (spec section 2), from the config alone."""
+    """Weight names and shapes of the published layout, from the config alone."""
     H, I, V, D = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["head_dim"]
     q, kv = cfg["num_attention_heads"] * D, cfg["num_key_value_heads"] * D
     shapes = {"encoder.embed_tokens.weight": (V, H), "encoder.norm.weight": (H,), "diffusion_head.weight": (V, H)}

@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache_dir import cache_root
+
 ASSEMBLY_FILE = "assembly.json"
 COMPLETE_MARKER = ".assembled"
 
@@ -82,13 +84,6 @@ def read_assembly(path: str | os.PathLike) -> Assembly:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path / ASSEMBLY_FILE} is malformed ({e}); expected the fields of "
                          f"trimode.assembly's docstring") from None
-
-
-def cache_root() -> Path:
-    if os.environ.get("TRIMODE_CACHE"):
-        return Path(os.environ["TRIMODE_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "trimode"
 
 
 def find_base(spec: BaseSpec) -> Path | None:
@@ -154,8 +149,8 @@ def assemble(path: str | os.PathLike, quiet: bool = False) -> Path:
 
     Raises FileNotFoundError (with the install command) when the base is not installed.
     """
+    from .checkpoint_files import quiet_transformers
     from .conversion import convert_hf_checkpoint
-    from .loading import quiet_transformers
 
     assembly = read_assembly(path)
     target = _target(assembly)

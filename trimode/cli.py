@@ -13,8 +13,8 @@ import os
 import sys
 from contextlib import contextmanager
 
-# Subcommand modules, in the order `trimode --help` lists them. A module that is not
-# present yet (optional feature) is skipped.
+# Subcommand modules (trimode.commands.<name>, each with a register(subparsers)), in the order
+# `trimode --help` lists them.
 COMMANDS = ["demo", "generate", "convert", "train", "eval", "bench", "serve"]
 
 
@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trimode {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"trimode.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"trimode.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"trimode.commands.{name}").register(sub)
     return parser
 
 

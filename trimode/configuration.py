@@ -48,7 +48,7 @@ DEFAULT_ROPE_PARAMETERS: dict[str, Any] = {
 # attention whose causal/bidirectional switch is made at inference, "block_diff" builds the
 # two-stream training mask, and "autoregressive" turns the diffusion attention off. NVIDIA's
 # Megatron-Bridge NLD training provider names the same two-stream mask with a fully causal
-# clean stream (spec section 3) "sbd_block_diff". NeMo AutoModel's NLD SFT guide: "block_diff"
+# clean stream (trimode's joint loss) "sbd_block_diff". NeMo AutoModel's NLD SFT guide: "block_diff"
 # for training, "bidirectional" is the inference mode.
 DLM_PARADIGMS = ("bidirectional", "block_diff", "sbd_block_diff")
 # A causal-only checkpoint: its diffusion pathway was never trained, so trimode's diffusion and
@@ -58,7 +58,7 @@ AR_ONLY_PARADIGMS = ("autoregressive",)
 # "dream". LLaDA-style = a masked position predicts its own token (no shift), which is what
 # trimode's diffusion head does; Dream-style predicts the next position's token (shifted).
 DLM_TYPES = (None, "llada")
-DEFAULT_DLM_LOSS_WEIGHT = 0.3  # spec section 3 (alpha); published configs say null = this default
+DEFAULT_DLM_LOSS_WEIGHT = 0.3  # alpha of the joint AR + diffusion loss; published configs say null = this default
 DEFAULT_AR_LOSS_WEIGHT = 1.0
 _LOSS_WEIGHT_DEFAULTS = {"dlm_loss_weight": DEFAULT_DLM_LOSS_WEIGHT, "ar_loss_weight": DEFAULT_AR_LOSS_WEIGHT}
 
@@ -85,13 +85,13 @@ class TrimodeConfig(PreTrainedConfig):
             inference and training are the same for every accepted value:
 
             - ``"bidirectional"`` (the published checkpoints' value, the published default):
-              inference runs the block-bidirectional diffusion pathway of spec section 4 beside
+              inference runs the block-bidirectional diffusion pathway beside
               the causal AR pathway (the attention pattern is chosen per forward, not by this
-              field); training uses trimode's joint AR + diffusion loss (spec section 3).
+              field); training uses trimode's joint AR + diffusion loss.
             - ``"block_diff"`` (trimode's default): the name of the training-time two-stream
               block mask of that joint loss; inference as above.
             - ``"sbd_block_diff"``: NVIDIA's training code's name for the same two-stream mask
-              with a fully causal clean stream, i.e. exactly spec section 3; as above.
+              with a fully causal clean stream, i.e. exactly trimode's joint loss; as above.
 
             ``"autoregressive"`` (a causal-only checkpoint, no diffusion pathway) and any other
             string raise ``ValueError``.

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .checkpoint_files import require_safetensors
 from .configuration import TrimodeConfig
-from .loading import require_safetensors
 from .modeling import TrimodeModel
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "ministral3")

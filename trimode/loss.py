@@ -1,4 +1,4 @@
-"""The joint AR + block-diffusion training objective (spec section 3).
+"""The joint AR + block-diffusion training objective.
 
 One forward of length 2L over ``concat(xt, x0)`` under
 :func:`trimode.masks.training_mask` trains both pathways of the one head:
@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from .masks import training_mask
-
 
 # Where attached adapters act in the joint loss (see the module docstring).
 ADAPTER_SCOPES = ("noisy", "all", "none")

@@ -10,7 +10,7 @@ Two levels are used:
 1. A *pattern* ``(Q, Q)`` says how the ``Q`` new tokens of a forward see each
    other: :func:`causal_pattern` (prefill, AR step, verification),
    :func:`block_pattern` (diffusion denoising and drafting: bidirectional),
-   :func:`quadratic_pattern` (fused draft + verify, spec section 4).
+   :func:`quadratic_pattern` (fused draft + verify).
 2. :func:`with_prefix` places a pattern after each row's committed cache prefix
    (every new token sees the whole prefix) and hides the slots of rows that are
    shorter than the longest row: ``(batch, 1, Q, max_len + Q)``.
@@ -86,7 +86,7 @@ def block_pattern(n: int, device=None) -> torch.Tensor:
 
 
 def quadratic_pattern(n_causal: int, anchors: list[int], group_size: int, device=None) -> torch.Tensor:
-    """Fused draft + verify layout (spec section 4, "quadratic").
+    """Fused draft + verify layout (quadratic self-speculation).
 
     New tokens are ordered ``[c_0 .. c_{n_causal-1}, group_0, group_1, ...]`` with
     ``len(anchors)`` groups of ``group_size`` mask tokens. The ``c`` tokens are
@@ -109,6 +109,16 @@ def quadratic_pattern(n_causal: int, anchors: list[int], group_size: int, device
     sees_causal = ~k_mask & (k_idx <= q_anchor)
     sees_own_group = q_mask & k_mask & (k_group == q_group)
     return sees_causal | sees_own_group
+
+
+def quadratic_offsets(n: int, device=None) -> torch.Tensor:
+    """Positions of quadratic_pattern(n, range(n), n)'s tokens relative to the first chain token.
+
+    Chain token i sits at i; mask slot m of group g drafts the token after chain token g,
+    at g + 1 + m. Returns (n + n*n,) longs.
+    """
+    idx = torch.arange(n, device=device)
+    return torch.cat([idx, (idx[:, None] + 1 + idx[None, :]).reshape(-1)])
 
 
 def with_prefix(pattern: torch.Tensor, past_lengths: torch.Tensor, max_past: int | None = None) -> torch.Tensor:
@@ -135,7 +145,7 @@ def with_prefix(pattern: torch.Tensor, past_lengths: torch.Tensor, max_past: int
 
 # ------------------------------------------------------------------ training
 def training_mask(seq_len: int, block_size: int, device=None) -> torch.Tensor:
-    """(2L, 2L) mask of the joint loss over ``concat(xt, x0)`` (spec section 3).
+    """(2L, 2L) mask of the joint loss over ``concat(xt, x0)`` (the noisy copy, then the clean one).
 
     - xt query -> xt key: same block (bidirectional inside the block)
     - xt query -> x0 key: strictly earlier block (clean context)

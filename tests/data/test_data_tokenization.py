@@ -5,8 +5,14 @@ from transformers import AutoTokenizer
 
 from trimode.data.tasks import format_prompt, generate_tasks, sft_example, task_messages
 from trimode.tokenization import (
-    ASSISTANT_TOKEN, EOS_TOKEN, MIN_VOCAB_SIZE, SPECIAL_TOKENS, SYSTEM_TOKEN, USER_TOKEN,
-    special_token_ids, train_tokenizer,
+    ASSISTANT_TOKEN,
+    EOS_TOKEN,
+    MIN_VOCAB_SIZE,
+    SPECIAL_TOKENS,
+    SYSTEM_TOKEN,
+    USER_TOKEN,
+    special_token_ids,
+    train_tokenizer,
 )
 
 SAMPLES = [

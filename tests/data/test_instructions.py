@@ -3,8 +3,7 @@
 import pytest
 
 from trimode.data.corpus import CodeCorpus
-from trimode.data.instructions import (general_instructions, instruction_split, sample_instructions,
-                                       stdlib_instructions)
+from trimode.data.instructions import general_instructions, instruction_split, sample_instructions, stdlib_instructions
 
 
 def test_general_instructions_split_by_content():

@@ -1,7 +1,6 @@
 """Stub models for the harness tests (beside tests/helpers.py's StubModel): a fixed acceptance pattern, a host."""
 
 import torch
-
 from helpers import StubHost, StubModel
 
 

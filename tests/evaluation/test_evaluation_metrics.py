@@ -22,9 +22,9 @@ fixed pattern (linear-spec, drafts wrong exactly at positions divisible by 5):
 
 import pytest
 import torch
-
 from evaluation_stubs import PatternStub, host
 from helpers import StubModel, truth
+
 from trimode.evaluation.metrics import RunRecord, identical_share, percentile, summarize, timed_decode
 from trimode.generation.stats import GenerationStats
 

@@ -17,9 +17,9 @@ position 3, then 5 blocks of 4 tokens (3 masked positions + the seed of the writ
 
 import pytest
 import torch
-
-from helpers import StubModel, quickly_trained_model, truth
 from evaluation_stubs import PatternStub, host
+from helpers import StubModel, quickly_trained_model, truth
+
 from trimode.evaluation.sol import ar_references, speed_of_light
 
 N, B = 21, 4

@@ -4,13 +4,21 @@
 import json
 
 import pytest
+from helpers import tiny_model
 
 import trimode.evaluation.forward_costs as curve
-from helpers import tiny_model
+import trimode.generation.forward_timing as timing
 from trimode.cli import main
-from trimode.evaluation.autotune import AutotuneConfig, forward_costs
-from trimode.evaluation.forward_costs import (CostStore, CurveConfig, ForwardCosts, check_ks, format_table,
-                                              machine_identity, measure_curve, refresh_store)
+from trimode.evaluation.forward_costs import (
+    CurveConfig,
+    ForwardCosts,
+    check_ks,
+    format_table,
+    measure_curve,
+    refresh_store,
+)
+from trimode.generation.autotune import AutotuneConfig, forward_costs
+from trimode.generation.forward_timing import CostStore, machine_identity
 
 SMALL = CurveConfig(ks=(2, 4), kinds=("write", "peek"), prefix_tokens=16, repeats=3, bandwidth_bytes=4 * 2**20,
                     bandwidth_repeats=2)
@@ -117,7 +125,7 @@ def test_auto_reads_the_refreshed_curve(monkeypatch):
         timed.extend(needs)
         return {key: [5.0] for key in needs}
 
-    monkeypatch.setattr(curve, "time_forwards", fake_time_forwards)
+    monkeypatch.setattr(timing, "time_forwards", fake_time_forwards)
     refresh_store(model, {("write", 1): [0.002, 0.001, 0.003], ("write", 2): [0.004]}, config.prefix_tokens)
     cost = forward_costs(model, "linear-spec", config)
     assert cost("write", 1) == 0.001 and cost("write", 2) == 0.004  # the fastest sample of each point
@@ -128,7 +136,7 @@ def test_auto_reads_the_refreshed_curve(monkeypatch):
 def test_cli_kinds_match_the_module():
     from trimode.commands.bench import FORWARD_KINDS
 
-    assert tuple(FORWARD_KINDS) == curve.KINDS
+    assert tuple(FORWARD_KINDS) == timing.KINDS
 
 
 def test_cli_forward_costs_writes_json_png_and_table(tmp_path, private_cache, capsys):

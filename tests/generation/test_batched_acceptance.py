@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import EOS_ID, MASK_ID, random_prompts, tiny_model
 
 import trimode
-from helpers import EOS_ID, MASK_ID, random_prompts, tiny_model
 from trimode.generation.loop import Request, decode
-from trimode.generation.modes import MODES, BlockDiffusion, _finished_rows, _fixed_schedule
+from trimode.generation.modes import STRATEGIES, BlockDiffusion, _finished_rows, _fixed_schedule
 from trimode.generation.sampling import SamplingParams, speculative_accept_batch
 from trimode.masks import block_pattern
 
@@ -298,7 +298,7 @@ def _reads_per_cycle(mode, layers, rows, reads, sampling=GREEDY):
     generator = None if sampling.greedy else torch.Generator().manual_seed(0)
     request = Request(max_new_tokens=13, eos_token_ids=frozenset(), sampling=sampling, generator=generator,
                       block_length=4)
-    strategy = _CountingStrategy(MODES[mode](), reads)
+    strategy = _CountingStrategy(STRATEGIES[mode](), reads)
     decode(model, prompts, strategy, request)
     assert strategy.cycles > 1
     return strategy.cycle_reads / strategy.cycles
@@ -317,7 +317,7 @@ def test_diffusion_reads_once_per_denoising_step(reads):
     prompts = random_prompts(torch.Generator().manual_seed(4), 4)
     request = Request(max_new_tokens=13, eos_token_ids=frozenset(), sampling=GREEDY, generator=None,
                       block_length=4, threshold=None, steps=3)
-    strategy = _CountingStrategy(MODES["diffusion"](), reads)
+    strategy = _CountingStrategy(STRATEGIES["diffusion"](), reads)
     run = decode(model, prompts, strategy, request)
     denoise_forwards = run.stats.nfe - run.stats.prefill_forwards - strategy.cycles  # minus one write per block
     assert strategy.cycle_reads <= denoise_forwards + strategy.cycles  # + the seed token of each block

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_model_dir import build_tiny_model_dir
 
 from trimode.loading import load
 from trimode.serving import ServerConfig, create_app
-from trimode.serving.app import Server
-from trimode.serving.tiny import build_tiny_model_dir
+from trimode.serving.server import Server
 
 CONTEXT = 2048  # long enough for the disconnect test to stream for seconds
 
@@ -59,7 +59,7 @@ class LiveServer:
 
 def start_server(model_dir: Path, **overrides) -> LiveServer:
     """A live server on a free port of 127.0.0.1. One torch thread: the tiny model gains nothing from
-    more, and spinning OpenMP threads on a shared 2-core machine can slow a run tenfold."""
+    more, and OpenMP threads that spin on cores other processes hold slow every forward."""
     import uvicorn
 
     settings = dict(model=str(model_dir), served_model_name="tiny", num_threads=1, max_tokens_limit=1024,

@@ -8,17 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+from dataclasses import dataclass
 
 import httpx
 import pytest
 import torch
 
-from trimode.commands.serve import config_from_args
 from trimode.cli import build_parser, main
+from trimode.commands.serve import config_from_args
 from trimode.generation.loop import Request, decode
-from trimode.generation.modes import MODES
+from trimode.generation.modes import STRATEGIES
 from trimode.generation.sampling import SamplingParams
 from trimode.loading import load
 from trimode.serving.auto import AutoPolicy
@@ -30,8 +30,8 @@ from trimode.serving.text import TextAssembler
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model_dir):
-    # One torch thread, like the test servers: the tiny model gains nothing from more, and spinning
-    # OpenMP threads on a busy 2-core machine can slow these engine calls tenfold.
+    # One torch thread, like the test servers: the tiny model gains nothing from more, and OpenMP
+    # threads that spin on cores other processes hold slow every engine call.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield load(tiny_model_dir)
@@ -157,7 +157,7 @@ def run_observed(model, prompts, limits, mode="linear-spec", stop_row=None):
 
     request = Request(max_new_tokens=max(limits), eos_token_ids=frozenset(model.config.eos_token_ids),
                       sampling=SamplingParams(), generator=None, block_length=1 if mode == "ar" else 4)
-    observer = ObservedStrategy(MODES[mode](), limits, on_emit, should_stop)
+    observer = ObservedStrategy(STRATEGIES[mode](), limits, on_emit, should_stop)
     run = decode(model, prompts, observer, request)
     return observer, run, emitted
 
@@ -188,7 +188,7 @@ def test_observed_stop_ends_one_row_only(loaded):
 
 def test_stop_before_prefill_runs_no_forward(loaded):
     request = Request(max_new_tokens=5, eos_token_ids=frozenset([2]), sampling=SamplingParams(), generator=None)
-    observer = ObservedStrategy(MODES["ar"](), [5], should_stop=lambda row: True)
+    observer = ObservedStrategy(STRATEGIES["ar"](), [5], should_stop=lambda row: True)
     run = decode(loaded.model, [[10, 11]], observer, request)
     assert run.stats.nfe == 0 and observer.tokens(run, 0) == [] and observer.stopped == [True]
 
@@ -219,12 +219,54 @@ class _ConfigOnly:
         eos_token_ids = [2]
 
 
-def _formation(refill_wait: float, last_batch: int, waves: list[tuple[float, int]], batch_wait: float = 0.0,
-               waiting: int = 0, returned: int = 1) -> tuple[int, float]:
-    """Form one batch just after a batch of ``last_batch`` rows finished; (size, seconds).
+class _Waves:
+    """The scheduler's condition variable while one batch forms, with the test deciding when jobs
+    arrive instead of a clock: each wait of the worker is answered by the next wave of jobs,
+    submitted as a client would (the lock is reentrant) and ending the wait as that submission's
+    notify would. A wait with no wave left is a real one, which can only run out: nobody else
+    submits. So the waits record why the batch started: every wait ended by an arrival, or one
+    ran out."""
+
+    def __init__(self, sched, waves: list[int]):
+        self.sched, self.cond, self.waves = sched, sched._cond, list(waves)
+        self.waits: list[float | None] = []  # the timeout of each wait, in order
+        self.ran_out = 0  # waits that ended because their time was up
+
+    def __enter__(self):
+        return self.cond.__enter__()
+
+    def __exit__(self, *exc):
+        return self.cond.__exit__(*exc)
+
+    def notify_all(self) -> None:
+        self.cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if self.waves:
+            self.sched.submit([job() for _ in range(self.waves.pop(0))])
+            return True
+        assert timeout is not None, "the worker would wait forever for jobs nobody sends"
+        if self.cond.wait(timeout):
+            return True
+        self.ran_out += 1
+        return False
+
+
+@dataclass
+class _Formation:
+    size: int  # jobs in the batch
+    waits: list  # timeouts of the worker's waits
+    ran_out: int  # waits that ran out
+    took: float  # seconds (real time)
+
+
+def _formation(refill_wait: float, last_batch: int, waves: list[int], batch_wait: float = 0.0,
+               waiting: int = 0, returned: int = 1) -> _Formation:
+    """Form one batch just after a batch of ``last_batch`` rows finished.
 
     ``waiting`` jobs arrived while that batch ran, ``returned`` of its clients are already back,
-    and each ``(delay, n)`` of ``waves`` submits n more jobs after ``delay`` seconds."""
+    and each n of ``waves`` arrives during the worker's next wait (see :class:`_Waves`)."""
     from trimode.serving.metrics import Metrics
     from trimode.serving.scheduler import Scheduler
 
@@ -233,40 +275,37 @@ def _formation(refill_wait: float, last_batch: int, waves: list[tuple[float, int
     sched.submit([job() for _ in range(waiting)])
     sched._last_batch_size, sched._arrivals = last_batch, 0  # the batch finished (as _work records it)
     sched.submit([job() for _ in range(returned)])
-    timers = [threading.Timer(delay, lambda n=n: sched.submit([job() for _ in range(n)])) for delay, n in waves]
-    for t in timers:
-        t.start()
+    sched._cond = arrivals = _Waves(sched, waves)
     start = time.monotonic()
     batch = sched._next_batch()
-    took = time.monotonic() - start
-    for t in timers:
-        t.join()
-    return len(batch), took
+    return _Formation(len(batch), arrivals.waits, arrivals.ran_out, time.monotonic() - start)
 
 
 def test_refill_wait_lets_returning_clients_share_the_batch():
-    # after a batch of 4, the worker waits for 4 jobs (not for the whole 5 s) ...
-    size, took = _formation(refill_wait=5.0, last_batch=4, waves=[(0.05, 3)])
-    assert size == 4 and took < 4.0
+    # after a batch of 4, the worker waits for its 3 clients still out, and starts once they are in
+    f = _formation(refill_wait=5.0, last_batch=4, waves=[3])
+    assert f.size == 4 and len(f.waits) == 1 and f.ran_out == 0
     # ... and never when the last batch was a single row (a lone client is served at once)
-    size, took = _formation(refill_wait=5.0, last_batch=1, waves=[(0.05, 3)])
-    assert size == 1 and took < 0.05
+    f = _formation(refill_wait=5.0, last_batch=1, waves=[3])
+    assert f.size == 1 and f.waits == []
     # nobody comes back: the worker starts after one quiet gap, not the 10-gap cap
-    size, took = _formation(refill_wait=0.3, last_batch=4, waves=[])
-    assert size == 1 and 0.25 < took < 2.0
+    f = _formation(refill_wait=0.3, last_batch=4, waves=[])
+    assert f.size == 1 and f.ran_out >= 1 and max(f.waits) <= 0.3 and f.took >= 0.29
     # a quiet gap never cuts batch_wait short
-    size, took = _formation(refill_wait=0.01, last_batch=4, waves=[], batch_wait=0.3)
-    assert size == 1 and took >= 0.29
-    # refill_wait=0 is the old behaviour: whatever waits right now
-    size, _ = _formation(refill_wait=0.0, last_batch=4, waves=[(0.05, 3)])
-    assert size == 1
+    f = _formation(refill_wait=0.01, last_batch=4, waves=[], batch_wait=0.3)
+    assert f.size == 1 and f.took >= 0.29
+    # refill_wait=0: no waiting for follow-ups, the batch is whatever waits right now
+    f = _formation(refill_wait=0.0, last_batch=4, waves=[3])
+    assert f.size == 1 and f.waits == []
 
 
 def test_refill_waits_for_follow_ups_on_top_of_jobs_already_waiting():
     """16 closed-loop clients split 12 + 4: while the 12 ran, the 4 came back and wait. The
-    12 follow-ups come in two waves; the batch must take all 16, not start at 12 waiting."""
-    size, took = _formation(refill_wait=5.0, last_batch=12, waves=[(0.05, 8), (0.15, 4)], waiting=4, returned=0)
-    assert size == 16 and took < 4.0
+    12 follow-ups come in two waves; the batch must take all 16, not start at 12 waiting, and
+    start as soon as the 16th is in: it waits for each wave, and no wait runs out."""
+    f = _formation(refill_wait=5.0, last_batch=12, waves=[8, 4], waiting=4, returned=0)
+    assert f.size == 16
+    assert len(f.waits) == 2 and f.ran_out == 0, f"waits {f.waits}, {f.ran_out} of them ran out"
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -275,8 +314,8 @@ def test_refill_waits_for_follow_ups_on_top_of_jobs_already_waiting():
     (dict(threshold=1.5), "threshold=1.5"), (dict(request_timeout=0), "request_timeout"),
     (dict(refill_wait=-1), "refill_wait=-1"),
     (dict(block_length=100, max_block_length=64), "block_length=100"),
-    (dict(auto=AutoModeConfig(spec_mode="ar")), "spec_mode='ar'"),
-    (dict(auto=AutoModeConfig(window=4, min_samples=8)), "min_samples=8"),
+    (dict(auto=dict(spec_mode="ar")), "spec_mode='ar'"),
+    (dict(auto=dict(window=4, min_samples=8)), "min_samples=8"),
 ])
 def test_config_errors_name_the_field(kwargs, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace("[", r"\[")):

@@ -1,7 +1,6 @@
 """Shared fixtures of the training tests: one small tokenizer and one AR checkpoint per session."""
 
 import pytest
-
 from training_helpers import debug_config
 
 from trimode.training import preset_config, train

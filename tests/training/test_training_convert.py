@@ -5,12 +5,13 @@ import warnings
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 from hf_sources import GGUF_TOKENS, hf_model, write_llama_gguf
 from training_helpers import debug_config
+from transformers import AutoTokenizer
 
 from trimode.loading import load
 from trimode.training import convert_hf_checkpoint, train
+
 
 def _greedy(model, prompt, n):
     """Reference greedy decoding: full recompute per token with the model's own forward."""

@@ -11,8 +11,14 @@ from trimode.cache import KVCache
 from trimode.cli import main
 from trimode.masks import block_pattern
 from trimode.training import PRESETS, TrainConfig, apply_overrides, preset_config
-from trimode.training.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, optimizer_from_flat,
-                                         optimizer_to_flat, save_checkpoint)
+from trimode.training.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
 from trimode.training.config import LORA_TARGETS, config_help, config_keys
 from trimode.training.data import local_rows, micro_batches
 from trimode.training.drafter import DrafterObjective, attach_drafter, draft_logits, lora_shape, pack_samples
@@ -63,6 +69,32 @@ def test_presets_and_overrides():
     help_text = config_help()
     assert all(key in help_text for key in config_keys())
     assert "drafter.r (int | None, default None): LoRA rank" in help_text
+
+
+def test_config_errors_name_key_value_and_allowed():
+    """Bounds, choices and list items are declared on the fields; errors are one line derived from them."""
+    def error(cfg):
+        with pytest.raises(ValueError) as e:
+            cfg.validate()
+        return str(e.value)
+
+    cfg = preset_config("debug", "drafter")
+    cfg.mask_eps, cfg.max_files, cfg.block_sizes, cfg.drafter.r = 0.0, 0, [4, 0], 0
+    msg = error(cfg)
+    for part in ("mask_eps=0.0 must be in (0, 1)", "max_files=0 must be >= 1 or none",
+                 "block_sizes=[4, 0] must all be >= 1", "drafter.r=0 must be >= 1 or none"):
+        assert part in msg, msg
+    cfg = preset_config("debug", "ar")
+    cfg.model.num_key_value_heads = 3
+    assert "model.num_key_value_heads=3 must divide num_attention_heads=4" in error(cfg)
+    with pytest.raises(ValueError, match=r"--set precision='fp16' is not one of fp32, bf16"):
+        apply_overrides(preset_config("debug", "ar"), ["precision=fp16"])
+    with pytest.raises(ValueError, match=r"--set progress='maybe': expected a boolean"):
+        apply_overrides(preset_config("debug", "ar"), ["progress=maybe"])
+    with pytest.raises(ValueError, match=r"train config: unknown keys \['nope'\]"):
+        TrainConfig.from_dict({"nope": 1})
+    cfg = apply_overrides(preset_config("debug", "ar"), ["model.head_dim=none", "seed= 7 ", "drafter.alpha=null"])
+    assert (cfg.model.head_dim, cfg.seed, cfg.drafter.alpha) == (None, 7, None)
 
 
 def test_cli_print_config_and_errors(capsys, tmp_path):

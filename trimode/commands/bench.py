@@ -18,8 +18,7 @@ from pathlib import Path
 from ..evaluation.cliargs import add_common_arguments, apply_options, comma_list, default_out_dir
 from .common import MODE_CHOICES, add_model_arguments, load_model, positive_int, probability, threshold_value
 
-
-# The forward kinds of trimode.evaluation.forward_costs.KINDS, spelled out: building the parser
+# The forward kinds of trimode.generation.forward_timing.KINDS, spelled out: building the parser
 # must not import torch (tests/evaluation/test_forward_costs.py checks they agree).
 FORWARD_KINDS = ["write", "peek", "quadratic"]
 K_EXAMPLE = "1,2,4,8,16,32,64"

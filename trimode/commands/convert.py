@@ -40,8 +40,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..loading import quiet_transformers
     from ..conversion import convert_hf_checkpoint
+    from ..loading import quiet_transformers
 
     out = Path(args.out)
     if (out / "config.json").is_file() and not args.overwrite:

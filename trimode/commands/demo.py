@@ -13,8 +13,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import (MODE_CHOICES, STAT_COLUMNS, STATS_LEGEND, add_model_arguments, load_model, positive_int,
-                     stats_row, stats_table)
+from .common import (
+    MODE_CHOICES,
+    STAT_COLUMNS,
+    STATS_LEGEND,
+    add_model_arguments,
+    load_model,
+    positive_int,
+    stats_row,
+    stats_table,
+)
 
 CODE_TOKENS = 64  # new tokens of the code prompt
 COLUMNS = [("prompt", "prompt")] + STAT_COLUMNS + [("correct", "correct")]

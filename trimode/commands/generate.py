@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (MODE_CHOICES, STAT_COLUMNS, STATS_LEGEND, add_model_arguments, load_model, non_negative_float,
-                     positive_int, stats_row, stats_table, threshold_value)
+from .common import (
+    MODE_CHOICES,
+    STAT_COLUMNS,
+    STATS_LEGEND,
+    add_model_arguments,
+    load_model,
+    non_negative_float,
+    positive_int,
+    stats_row,
+    stats_table,
+    threshold_value,
+)
 
 
 def register(sub) -> None:

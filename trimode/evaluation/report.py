@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..generation.modes import SPECULATIVE_MODES
+from ..generation.names import SPECULATIVE_MODES
 from .environment import environment_markdown
 
 
@@ -92,118 +92,138 @@ def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def bench_markdown(result: dict, command: str, plots: dict[str, str]) -> list[str]:
-    info = result["model_info"]
+    """bench.md: the command, the environment, then one section per part of the run (``plots``: PNG names)."""
     md = header(f"trimode bench: {result['model']}", command, result["environment"])
-    md += ["## Setup", "",
-           f"- model: {info['parameters'] / 1e6:.2f}M parameters, config block_size {info['block_size']}, "
-           f"threshold {info['threshold']}, LoRA drafter: {'yes' if info['has_drafter'] else 'no'}",
-           f"- decoding: greedy, max_new_tokens {result['max_new_tokens']} (rows also stop at EOS), "
-           f"block length {result['block_length']}, diffusion threshold {result['threshold']}",
-           *[f"- prompts `{k}`: {v}" for k, v in result["prompt_sets"].items()],
-           f"- baseline: {result['baseline'] or 'off'} (same weights, exported to a temporary directory and "
-           f"loaded with `from_pretrained`), interleaved call by call with trimode's runs",
-           f"- load average at start / end: {result['environment']['load_average']} / "
-           f"{result['environment_end']['load_average']}"
-           + (" (busy machine: another process competed for the CPU, timings are noisy)"
-              if _busy(result["environment"]) else ""), ""]
-    md += ["## Every mode, same prompts, same run", "",
-           "TPF = generated tokens / forwards (prefill included; prompt tokens never count). Accept mean = tokens "
-           "per cycle and row, bonus included (AR = 1; a diffusion block emits the whole block). tok/s = generated "
-           "tokens / wall time around the calls. Ratios are within the same table (same prompts, same batch).", ""]
-    for table in result["main"]:
-        md += [f"### {table['prompt_set']} prompts, batch {table['batch_size']}", ""]
-        md += _table(MAIN_COLUMNS, [_main_row(r) for r in table["rows"]])
-        if table.get("baseline_mismatches"):
-            md += ["", f"Warning: on {table['baseline_mismatches']} prompt(s) transformers' greedy tokens differ "
-                   "from trimode AR's (near-tie argmax flips between the two numerics)."]
-        hist = [f"`{r['engine']}`: {r['acceptance_histogram']}" for r in table["rows"]
-                if r["mode"] in SPECULATIVE_MODES and "error" not in r]
-        if hist:
-            md += ["", "Acceptance-length histograms (length: cycles): " + "; ".join(hist)]
-        md += [""]
-    if "acceptance" in plots:
-        md += [f"![acceptance histograms]({plots['acceptance']})", ""]
+    md += _setup_section(result)
+    md += _main_section(result, plots)
     if result.get("sol"):
-        md += ["## SOL: oracle diffusion TPF at the same block length", "",
-               "The oracle commits, at every denoising step, every masked position whose argmax already equals the "
-               "AR greedy reference (and the leftmost one with the reference token if none does): an upper bound "
-               "for samplers that keep AR's output. A lossy sampler (diffusion at a low threshold, committing tokens "
-               "AR would not) can exceed it, and so can quadratic self-speculation, which spends one forward per "
-               "cycle where diffusion spends at least a denoise and a write. Batch 1.", ""]
-        rows = []
-        for s in result["sol"]:
-            samplers = ", ".join(f"{m} {v['tpf']:.2f} ({_f(v['share_of_sol'], '.0%')} of SOL)"
-                                 for m, v in s["samplers"].items())
-            rows.append([s["prompt_set"], str(result["block_length"]), _f(s["tpf"]), samplers or "-",
-                         _f(s["reference_reproduced"], ".0%")])
-        md += _table(["prompts", "block", "SOL TPF", "sampler TPF (share of SOL)", "oracle reproduced AR"], rows)
-        md += [""]
+        md += _sol_section(result)
     if result.get("threshold_sweep"):
-        sw = result["threshold_sweep"]
-        md += [f"## Threshold sweep (diffusion, block {sw['block_length']}, {sw['prompt_set']} prompts, batch 1)", ""]
-        rows = [_error_row(r, 6) if "error" in r else
-                [r["engine"], _f(r["tpf"]), _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"]),
-                 _f(r.get("accuracy"), ".0%"), _f(r.get("identical_to_ar"), ".0%")] for r in sw["rows"]]
-        md += _table(["setting", "TPF", "tok/s", "vs AR", "accuracy", "identical to AR"], rows) + [""]
-        if "threshold" in plots:
-            md += [f"![threshold sweep]({plots['threshold']})", ""]
+        md += _threshold_sweep_section(result["threshold_sweep"], plots)
     if result.get("autotune"):
-        at = result["autotune"]
-        md += ["## Auto block length (`block_length=\"auto\"`)", "",
-               f"Forward costs measured on this machine; acceptance calibrated on the {at['prompt_set']} sweep "
-               "prompts. "
-               "Speculative modes: one calibration run at the largest candidate; a cycle that accepted r drafts is a "
-               "streak of r + 1 tokens, which block B emits in ceil((r + 1) / B) cycles, so predicted tokens per "
-               "cycle = sum(r + 1) / sum(ceil((r + 1) / B)) (assumes drafts do not depend on the block). Diffusion "
-               "runs every candidate. Per-cycle overhead outside the forwards is measured in the calibration run. "
-               "The chosen B is then run through the engine's `block_length=\"auto\"`, interleaved with AR and "
-               "the config's block.", ""]
-        rows = [_error_row(dict(r, engine=r["mode"]), 7) if "error" in r else
-                [r["mode"], str(r["chosen_block_length"]), str(r["default_block_length"]),
-                 _x(r["predicted_speedup_vs_ar"]), _x(r["measured_speedup_vs_ar"]),
-                 _x(r["predicted_gain_vs_default"]), _x(r["measured_gain_vs_default"])] for r in at["rows"]]
-        md += _table(["mode", "chosen B", "config B", "predicted vs AR", "measured vs AR", "predicted vs config B",
-                      "measured vs config B"], rows) + [""]
-        md += ["Cost of one causal write forward of k tokens after a cached prefix, relative to k = 1:", ""]
-        md += _table(["k", "ms", "relative"], [[str(c["k"]), _ms(c["write_s"]), _x(c["relative_to_k1"])]
-                                                for c in at["forward_costs"]]) + [""]
-        for r in at["rows"]:
-            md += [f"Predictions for {r['mode']}:", ""]
-            md += _table(["B", "tokens / cycle", "ms / cycle", "predicted vs AR"],
-                         [[str(c["block_length"]), _f(c["tokens_per_cycle"]), _ms(c["seconds_per_cycle"]),
-                           _x(c["speedup_vs_ar"])] for c in r["candidates"]]) + [""]
-        if "autotune" in plots:
-            md += [f"![auto block length]({plots['autotune']})", ""]
+        md += _autotune_section(result["autotune"], plots)
     if result.get("block_sweep"):
-        bs = result["block_sweep"]
-        md += [f"## Block-length sweep ({bs['prompt_set']} prompts, batch 1)", "",
-               "`accept mean` is measured; `predicted` is what the auto block length's approximation expected from "
-               "its calibration run (speculative modes).", ""]
-        rows = [_error_row(r, 6) if "error" in r else
-                [r["engine"], _f(r["tpf"]), _f(r["mean_acceptance"]), _f(r.get("predicted_acceptance")),
-                 _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"])] for r in bs["rows"]]
-        md += _table(["setting", "TPF", "accept mean", "predicted", "tok/s", "vs AR"], rows) + [""]
-        if bs.get("sol"):
-            md += _table(["block", "SOL TPF"], [[str(s["block_length"]), _f(s["tpf"])] for s in bs["sol"]]) + [""]
-        if "blocks" in plots:
-            md += [f"![block-length sweep]({plots['blocks']})", ""]
-    if result.get("goals"):
-        md += ["## Goals (task prompts, batch 1, this run)", ""]
-        md += _goals_table(result["goals"]) + [""]
+        md += _block_sweep_section(result["block_sweep"], plots)
     md += [f"Finished in {result['elapsed_s']:.0f} s."]
     return md
+
+
+def _plot(plots: dict[str, str], key: str, alt: str) -> list[str]:
+    """The markdown image of plot ``key`` and a blank line, or nothing when it was not drawn."""
+    return [f"![{alt}]({plots[key]})", ""] if key in plots else []
+
+
+def _setup_section(result: dict) -> list[str]:
+    info = result["model_info"]
+    return ["## Setup", "",
+            f"- model: {info['parameters'] / 1e6:.2f}M parameters, config block_size {info['block_size']}, "
+            f"threshold {info['threshold']}, LoRA drafter: {'yes' if info['has_drafter'] else 'no'}",
+            f"- decoding: greedy, max_new_tokens {result['max_new_tokens']} (rows also stop at EOS), "
+            f"block length {result['block_length']}, diffusion threshold {result['threshold']}",
+            *[f"- prompts `{k}`: {v}" for k, v in result["prompt_sets"].items()],
+            f"- baseline: {result['baseline'] or 'off'} (same weights, exported to a temporary directory and "
+            f"loaded with `from_pretrained`), interleaved call by call with trimode's runs",
+            f"- load average at start / end: {result['environment']['load_average']} / "
+            f"{result['environment_end']['load_average']}"
+            + (" (busy machine: another process competed for the CPU, timings are noisy)"
+               if _busy(result["environment"]) else ""), ""]
+
+
+def _main_section(result: dict, plots: dict[str, str]) -> list[str]:
+    md = ["## Every mode, same prompts, same run", "",
+          "TPF = generated tokens / forwards (prefill included; prompt tokens never count). Accept mean = tokens "
+          "per cycle and row, bonus included (AR = 1; a diffusion block emits the whole block). tok/s = generated "
+          "tokens / wall time around the calls. Ratios are within the same table (same prompts, same batch).", ""]
+    for table in result["main"]:
+        md += _main_table(table)
+    return md + _plot(plots, "acceptance", "acceptance histograms")
+
+
+def _main_table(table: dict) -> list[str]:
+    """One prompt set at one batch size: the table, a baseline warning, the acceptance histograms."""
+    md = [f"### {table['prompt_set']} prompts, batch {table['batch_size']}", ""]
+    md += _table(MAIN_COLUMNS, [_main_row(r) for r in table["rows"]])
+    if table.get("baseline_mismatches"):
+        md += ["", f"Warning: on {table['baseline_mismatches']} prompt(s) transformers' greedy tokens differ "
+               "from trimode AR's (near-tie argmax flips between the two numerics)."]
+    hist = [f"`{r['engine']}`: {r['acceptance_histogram']}" for r in table["rows"]
+            if r["mode"] in SPECULATIVE_MODES and "error" not in r]
+    if hist:
+        md += ["", "Acceptance-length histograms (length: cycles): " + "; ".join(hist)]
+    return md + [""]
+
+
+def _sol_section(result: dict) -> list[str]:
+    md = ["## SOL: oracle diffusion TPF at the same block length", "",
+          "The oracle commits, at every denoising step, every masked position whose argmax already equals the "
+          "AR greedy reference (and the leftmost one with the reference token if none does): an upper bound "
+          "for samplers that keep AR's output. A lossy sampler (diffusion at a low threshold, committing tokens "
+          "AR would not) can exceed it, and so can quadratic self-speculation, which spends one forward per "
+          "cycle where diffusion spends at least a denoise and a write. Batch 1.", ""]
+    rows = []
+    for s in result["sol"]:
+        samplers = ", ".join(f"{m} {v['tpf']:.2f} ({_f(v['share_of_sol'], '.0%')} of SOL)"
+                             for m, v in s["samplers"].items())
+        rows.append([s["prompt_set"], str(result["block_length"]), _f(s["tpf"]), samplers or "-",
+                     _f(s["reference_reproduced"], ".0%")])
+    md += _table(["prompts", "block", "SOL TPF", "sampler TPF (share of SOL)", "oracle reproduced AR"], rows)
+    return md + [""]
+
+
+def _threshold_sweep_section(sw: dict, plots: dict[str, str]) -> list[str]:
+    md = [f"## Threshold sweep (diffusion, block {sw['block_length']}, {sw['prompt_set']} prompts, batch 1)", ""]
+    rows = [_error_row(r, 6) if "error" in r else
+            [r["engine"], _f(r["tpf"]), _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"]),
+             _f(r.get("accuracy"), ".0%"), _f(r.get("identical_to_ar"), ".0%")] for r in sw["rows"]]
+    md += _table(["setting", "TPF", "tok/s", "vs AR", "accuracy", "identical to AR"], rows) + [""]
+    return md + _plot(plots, "threshold", "threshold sweep")
+
+
+def _autotune_section(at: dict, plots: dict[str, str]) -> list[str]:
+    """The chosen B per mode (predicted and measured), the forward costs, each mode's predictions."""
+    md = ["## Auto block length (`block_length=\"auto\"`)", "",
+          f"Forward costs measured on this machine; acceptance calibrated on the {at['prompt_set']} sweep "
+          "prompts. "
+          "Speculative modes: one calibration run at the largest candidate; a cycle that accepted r drafts is a "
+          "streak of r + 1 tokens, which block B emits in ceil((r + 1) / B) cycles, so predicted tokens per "
+          "cycle = sum(r + 1) / sum(ceil((r + 1) / B)) (assumes drafts do not depend on the block). Diffusion "
+          "runs every candidate. Per-cycle overhead outside the forwards is measured in the calibration run. "
+          "The chosen B is then run through the engine's `block_length=\"auto\"`, interleaved with AR and "
+          "the config's block.", ""]
+    rows = [_error_row(dict(r, engine=r["mode"]), 7) if "error" in r else
+            [r["mode"], str(r["chosen_block_length"]), str(r["default_block_length"]),
+             _x(r["predicted_speedup_vs_ar"]), _x(r["measured_speedup_vs_ar"]),
+             _x(r["predicted_gain_vs_default"]), _x(r["measured_gain_vs_default"])] for r in at["rows"]]
+    md += _table(["mode", "chosen B", "config B", "predicted vs AR", "measured vs AR", "predicted vs config B",
+                  "measured vs config B"], rows) + [""]
+    md += ["Cost of one causal write forward of k tokens after a cached prefix, relative to k = 1:", ""]
+    md += _table(["k", "ms", "relative"], [[str(c["k"]), _ms(c["write_s"]), _x(c["relative_to_k1"])]
+                                            for c in at["forward_costs"]]) + [""]
+    for r in at["rows"]:
+        md += [f"Predictions for {r['mode']}:", ""]
+        md += _table(["B", "tokens / cycle", "ms / cycle", "predicted vs AR"],
+                     [[str(c["block_length"]), _f(c["tokens_per_cycle"]), _ms(c["seconds_per_cycle"]),
+                       _x(c["speedup_vs_ar"])] for c in r["candidates"]]) + [""]
+    return md + _plot(plots, "autotune", "auto block length")
+
+
+def _block_sweep_section(bs: dict, plots: dict[str, str]) -> list[str]:
+    md = [f"## Block-length sweep ({bs['prompt_set']} prompts, batch 1)", "",
+          "`accept mean` is measured; `predicted` is what the auto block length's approximation expected from "
+          "its calibration run (speculative modes).", ""]
+    rows = [_error_row(r, 6) if "error" in r else
+            [r["engine"], _f(r["tpf"]), _f(r["mean_acceptance"]), _f(r.get("predicted_acceptance")),
+             _f(r["tokens_per_s"], ".1f"), _x(r["vs_ar"])] for r in bs["rows"]]
+    md += _table(["setting", "TPF", "accept mean", "predicted", "tok/s", "vs AR"], rows) + [""]
+    if bs.get("sol"):
+        md += _table(["block", "SOL TPF"], [[str(s["block_length"]), _f(s["tpf"])] for s in bs["sol"]]) + [""]
+    return md + _plot(plots, "blocks", "block-length sweep")
 
 
 def _busy(env: dict) -> bool:
     """Load average (1 min) at the start above half the cores: another process competed for the CPU."""
     load, cores = env.get("load_average"), env.get("cpu_count") or 1
     return bool(load) and load[0] > 0.5 * cores
-
-
-def _goals_table(goals: list[dict]) -> list[str]:
-    return _table(["goal", "target", "measured", "met", "setting"],
-                  [[g["goal"], _f(g["target"]), _f(g["value"]), "yes" if g["met"] else "no", g["detail"] or "-"]
-                   for g in goals])
 
 
 def results_markdown(result: dict, command: str, evaluation: dict | None = None) -> list[str]:
@@ -251,8 +271,6 @@ def results_markdown(result: dict, command: str, evaluation: dict | None = None)
             he = evaluation["humaneval"]
             md += ["", f"HumanEval pass@1 (first {he['n_problems']} problems): " + ", ".join(
                 f"{r['setting']} {r['pass_at_1']:.0%}" for r in he["rows"] if r["requested"]) + "."]
-    if result.get("goals"):
-        md += ["", "Goals:", ""] + _goals_table(result["goals"])
     md += ["", "Read ratios, not absolute times: on a shared 2-core machine timings move by 10-25% between runs."]
     return md
 

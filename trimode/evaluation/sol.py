@@ -1,4 +1,4 @@
-"""SOL ("speed of light"): the TPF an oracle block-diffusion sampler reaches (spec section 5).
+"""SOL ("speed of light"): the TPF an oracle block-diffusion sampler reaches.
 
 The oracle runs block diffusion exactly like the real sampler (same loop, same
 blocks, same denoise and write forwards, counted in the same place) but

@@ -15,7 +15,7 @@ _EXPORTS = {
     "Request": ".loop",
     "Runner": ".loop",
     "decode": ".loop",
-    "MODES": ".modes",
+    "STRATEGIES": ".modes",
     "MODE_NAMES": ".names",
     "SPECULATIVE_MODES": ".names",
     "SamplingParams": ".sampling",

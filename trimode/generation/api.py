@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from .loop import Request, decode
-from .modes import MODES
+from .modes import STRATEGIES
 from .sampling import SamplingParams
 
 _FROM_CONFIG = object()  # sentinel: "use the config's value" (lets callers pass None for threshold)
@@ -73,7 +73,7 @@ def _eos_set(eos_token_id, config) -> frozenset[int]:
 def _block_length(value, model, mode: str) -> int:
     """None: the config's block_size; "auto": the block length that maximises tokens/s on this machine."""
     if value == "auto":
-        from ..evaluation.autotune import auto_block_length
+        from .autotune import auto_block_length  # measures on first use: imported only then
 
         return auto_block_length(model, mode)
     value = model.config.block_size if value is None else value
@@ -113,7 +113,7 @@ class DecodingMixin:
             threshold=threshold,
             steps=steps,
         )
-        run = decode(self, prompts, MODES[mode](), request)
+        run = decode(self, prompts, STRATEGIES[mode](), request)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else (
             min(request.eos_token_ids) if request.eos_token_ids else 0)
         out = run.output_ids(pad)

@@ -1,4 +1,4 @@
-"""The four decoding modes as small strategies over the shared loop (spec section 4).
+"""The four decoding modes as small strategies over the shared loop.
 
 Each strategy says what to feed the model and what to commit; the loop, the
 cache, forward counting and emission (EOS, max_new_tokens) are shared.
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import quadratic_pattern
+from ..masks import quadratic_offsets, quadratic_pattern
 from .loop import Request, Runner
 from .names import MODE_NAMES, SPECULATIVE_MODES  # noqa: F401  (re-exported: defined once, in names.py)
 from .sampling import probabilities, speculative_accept_batch
@@ -230,12 +230,12 @@ class QuadraticSpeculation:
         width = max(run.prompt_lens)
         tokens = run.padded_prompts(extra=n)
         tokens[:, width:] = run.model.config.mask_token_id
-        ar = torch.arange(n, device=run.device)
+        slots = torch.arange(n, device=run.device)  # the mask group's slots
         positions = torch.cat([torch.arange(width, device=run.device).expand(run.batch, width),
-                               lengths[:, None] + ar], 1)
+                               lengths[:, None] + slots], 1)
         pattern = torch.stack([quadratic_pattern(width, [length - 1], n, device=run.device)
                                for length in run.prompt_lens])
-        keep = torch.cat([(lengths - 1)[:, None], width + ar.expand(run.batch, n)], 1)
+        keep = torch.cat([(lengths - 1)[:, None], width + slots.expand(run.batch, n)], 1)
         drafting = torch.arange(width + n, device=run.device) >= width  # (width + n,): the mask group
         logits = run.forward(tokens, positions=positions, pattern=pattern, write=False, keep=keep, drafter=drafting)
         run.cache.advance(lengths, host=run.prompt_lens)  # commit each row's real prompt tokens
@@ -250,10 +250,7 @@ class QuadraticSpeculation:
         drafts, q = self.drafts[:, :n - 1], self.draft_probs[:, :n - 1]
         chain = torch.cat([run.pending[:, None], drafts], 1)  # (B, n): d_0 .. d_{n-1}
         groups = torch.full((B, n * n), run.model.config.mask_token_id, dtype=torch.long, device=dev)
-        base = run.cache.lengths[:, None]
-        ar = torch.arange(n, device=dev)
-        group_pos = (ar[:, None] + 1 + ar[None, :]).reshape(-1)  # group g, slot m -> g + 1 + m
-        positions = torch.cat([base + ar, base + group_pos], 1)
+        positions = run.cache.lengths[:, None] + quadratic_offsets(n, device=dev)  # (B, n + n*n)
         if n not in self.patterns:
             self.patterns[n] = quadratic_pattern(n, list(range(n)), n, device=dev)  # (n + n*n,) squared
         pattern = self.patterns[n]
@@ -274,4 +271,4 @@ class QuadraticSpeculation:
 
 # Keyed by each strategy's own name; their order and spelling are MODE_NAMES (names.py),
 # which the torch-free command line uses (a test checks that the two agree).
-MODES = {cls.name: cls for cls in (AutoRegressive, BlockDiffusion, LinearSpeculation, QuadraticSpeculation)}
+STRATEGIES = {cls.name: cls for cls in (AutoRegressive, BlockDiffusion, LinearSpeculation, QuadraticSpeculation)}

@@ -1,4 +1,4 @@
-"""Per-call generation statistics, defined once (spec section 5).
+"""Per-call generation statistics, defined once.
 
 - ``nfe``: model forwards spent on the call, prefill included (counted only in
   :meth:`trimode.generation.loop.Runner.forward`).

@@ -2,18 +2,21 @@
 
 Modules:
 
-- :mod:`.config`: ``ServerConfig`` / ``AutoModeConfig``, typed and validated.
+- :mod:`.config`: ``ServerConfig`` / ``AutoModeConfig`` (pydantic), typed and validated; the flags of
+  ``trimode serve`` are generated from them.
 - :mod:`.protocol`: request bodies (strict, unknown fields refused) and OpenAI-style errors.
 - :mod:`.scheduler`: bounded queue, dynamic batching, the one worker thread that runs the model.
 - :mod:`.hooks`: ``ObservedStrategy``, streaming + cancellation around the unchanged generation loop.
 - :mod:`.auto`: the ``auto`` mode policy (speculate at low load and good acceptance, else AR).
 - :mod:`.text`: incremental detokenisation and stop strings.
 - :mod:`.metrics`: Prometheus metrics.
-- :mod:`.app`: the FastAPI app (``create_app``) and ``serve``.
+- :mod:`.server`: ``Server``, what the endpoints share; request bodies -> checked jobs.
+- :mod:`.call`: one request in flight; worker events -> a JSON response or an SSE stream.
+- :mod:`.app`: the FastAPI app (``create_app``: routes, error handlers, lifespan) and ``serve``.
 
 ``create_app`` and ``serve`` need the serving extras (fastapi, uvicorn,
 prometheus-client); they are imported on first use, so the configuration
-(and ``trimode --help``) works without them.
+(which needs pydantic only) and ``trimode --help`` work without them.
 """
 
 from .config import AutoModeConfig, ServerConfig

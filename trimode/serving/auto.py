@@ -1,8 +1,8 @@
 """``mode: "auto"``: pick self-speculation or AR per batch, from load and measured acceptance.
 
-The published serving guidance: speculate at low concurrency, fall back to AR
-when traffic is high (batched AR amortises each forward over many rows) or
-when drafts stop being accepted (speculation then spends forwards for nothing).
+The rule: speculate at low concurrency, fall back to AR when traffic is high
+(batched AR amortises each forward over many rows) or when drafts stop being
+accepted (speculation then spends forwards for nothing).
 
 :class:`AutoPolicy` is decided once per batch formation by the worker thread:
 

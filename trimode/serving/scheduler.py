@@ -45,7 +45,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..generation.loop import Request, decode
-from ..generation.modes import MODES
+from ..generation.modes import STRATEGIES
 from ..generation.sampling import SamplingParams
 from .auto import AutoPolicy
 from .config import ServerConfig
@@ -289,8 +289,8 @@ class Scheduler:
         quiet gap; while the answered clients' follow-ups keep arriving, at most ``REFILL_GAPS``
         gaps in all. The follow-ups expected are the last batch's rows minus the jobs submitted
         since it finished, *on top of* the jobs that were already waiting: counting those as
-        follow-ups started a closed loop's batch before all its clients were back, and the
-        split (say 12 + 4 of 16 clients) then repeated itself batch after batch. A follow-up
+        follow-ups would start a closed loop's batch before all its clients are back, and the
+        split (say 12 + 4 of 16 clients) would repeat itself batch after batch. A follow-up
         that beat the batch's end (its row finished early) counts as already waiting, so the
         worker waits one quiet gap for it: erring that way costs ``refill_wait``, the other
         way a whole batch.
@@ -346,7 +346,7 @@ class Scheduler:
         def should_stop(row: int) -> bool:
             return batch[row].cancelled or batch[row].expired()
 
-        observer = ObservedStrategy(MODES[mode](), limits, on_emit, should_stop)
+        observer = ObservedStrategy(STRATEGIES[mode](), limits, on_emit, should_stop)
         run = decode(self.model, [job.prompt_ids for job in batch], observer, request)
 
         stats, m = run.stats, self.metrics

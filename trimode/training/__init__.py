@@ -1,9 +1,11 @@
-"""Training pipeline of tri-mode models: ``ar`` -> ``joint`` -> ``sft`` -> ``drafter`` (spec section 3).
+"""Training pipeline of tri-mode models: ``ar`` -> ``joint`` -> ``sft`` -> ``drafter``
+(AR pretraining, joint AR + diffusion training, fine-tuning on instructions, the LoRA drafter).
 
 Files (each small, one job):
 
-- ``config.py``: typed configs (:class:`TrainConfig`, :class:`ModelSpec`,
-  :class:`DrafterConfig`), presets ``debug`` / ``tiny`` (:data:`PRESETS`), ``key=value`` overrides.
+- ``config.py``: typed configs (pydantic: :class:`TrainConfig`, :class:`ModelSpec`,
+  :class:`DrafterConfig`), presets ``debug`` / ``tiny`` / ``smol`` (:data:`PRESETS`), ``key=value``
+  overrides; ``config_text.py``: their type names in ``--help`` and one-line validation errors.
 - ``trainer.py``: :func:`train`, the one loop every stage shares (DDP, grad accumulation,
   global loss normalisation, logging, eval, checkpoints, exact resume).
 - ``stages.py``: what differs per stage: model init (new / trimode / converted HF),
@@ -11,9 +13,11 @@ Files (each small, one job):
 - ``objectives.py``: AR cross-entropy and the joint AR + diffusion loss as sums.
 - ``drafter.py``: the LoRA drafter and its self-distillation objective.
 - ``data.py``: code + task streams, SFT packing, global-batch sharding, per-sample seeds.
-- ``convert.py``: Llama / Mistral / Ministral-3 ``transformers`` checkpoints -> trimode.
 - ``optim.py``: AdamW + warmup-stable-decay; ``checkpoint.py``: atomic safetensors + JSON
   checkpoints; ``distributed.py``: the usual DDP setup; ``logs.py``: JSONL, tqdm, PNG.
+
+Llama / Mistral / Ministral-3 ``transformers`` checkpoints are converted by :mod:`trimode.conversion`
+(re-exported here).
 
 Library use (the CLI ``trimode train`` is a thin map onto this)::
 
@@ -24,7 +28,8 @@ Library use (the CLI ``trimode train`` is a thin map onto this)::
 """
 
 from .._lazy import lazy_exports
-# The configs are plain dataclasses (no torch): `trimode train --help` lists them without
+
+# The configs need only pydantic (no torch): `trimode train --help` lists them without
 # importing torch. The trainer and the converter are imported on first use (PEP 562).
 from .config import PRESETS, DrafterConfig, ModelSpec, TrainConfig, apply_overrides, debug, preset_config, tiny
 

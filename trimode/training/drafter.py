@@ -1,6 +1,6 @@
-"""LoRA self-speculation drafter: self-distillation of AR greedy continuations (spec section 4).
+"""The LoRA drafter of linear self-speculation: self-distillation of AR greedy continuations.
 
-The drafter is a PEFT LoRA adapter on every ``o_proj`` (the published
+The drafter is a PEFT LoRA adapter, by default on every ``o_proj`` (the published
 ``target_modules=["o_proj"]``; ``drafter.target_modules`` may name any of the seven
 projections), switched on only in draft forwards; the base is frozen,
 so verification (and therefore the output) never changes, only acceptance rises.

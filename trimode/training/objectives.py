@@ -16,7 +16,7 @@ gradient is that of the loss over the whole global batch, however it is split.
   cross-entropy of token i+1 at position i (cheaper than the joint loss with alpha=0,
   which runs 2L tokens).
 - :class:`JointObjective` (stages ``joint``, ``sft``): :func:`trimode.loss.joint_loss`
-  (spec section 3) with the corruption drawn per sample; ``loss_mask`` (SFT) restricts
+  (the joint AR + block-diffusion loss) with the corruption drawn per sample; ``loss_mask`` (SFT) restricts
   both terms to response tokens. With ``block_sizes`` each step draws its block size.
 """
 

@@ -1,4 +1,4 @@
-"""AdamW with a warmup-stable-decay (WSD) learning rate, as published (spec section 3).
+"""AdamW with a warmup-stable-decay (WSD) learning rate, as the published recipe uses.
 
 - Weight decay applies to matrices (linear weights, embeddings) only; RMSNorm gains and
   biases are not decayed (the usual GPT recipe).

@@ -8,7 +8,7 @@ ar         nothing (new model + tokenizer),  code + task text       causal CE
 joint      an AR checkpoint: trimode, or     code + task text       joint loss (AR + 0.3 diff.)
            Llama/Mistral/Ministral-3 (HF)
 sft        a joint (or any) checkpoint       task prompt/response   joint loss on responses
-drafter    a trimode checkpoint              AR greedy self-distil  draft CE, LoRA on o_proj
+drafter    a trimode checkpoint              AR greedy self-distil  draft CE, LoRA (o_proj default)
 =========  ================================  =====================  ===========================
 
 Every stage writes a complete model directory (config + safetensors + tokenizer;
@@ -22,6 +22,7 @@ trains it into the output directory, all ranks load it; a resumed run reuses it)
 from __future__ import annotations
 
 import itertools
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,14 +30,14 @@ from typing import Callable
 import torch
 
 from ..configuration import TrimodeConfig
+from ..conversion import TRIMODE_MODEL_TYPES, convert_hf_checkpoint, is_convertible, model_type_of
 from ..data.corpus import CodeCorpus
 from ..data.packing import Batcher
-from ..data.tasks import iter_tasks
+from ..data.tasks import FAMILIES, iter_tasks
 from ..loading import DRAFTER_SUBFOLDER, quiet_transformers
 from ..modeling import TrimodeModel
 from .config import TrainConfig
-from ..conversion import TRIMODE_MODEL_TYPES, convert_hf_checkpoint, is_convertible, model_type_of
-from .data import (fixed_batches, global_batch_size, make_batcher, pretraining_sequences, sft_sequences)
+from .data import fixed_batches, global_batch_size, make_batcher, pretraining_sequences, sft_sequences
 from .distributed import DistInfo, barrier
 from .objectives import AutoregressiveObjective, JointObjective, Objective
 
@@ -171,6 +172,7 @@ def _check_lengths(cfg: TrainConfig, model: TrimodeModel) -> None:
 # ------------------------------------------------------------------ stages
 def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None = None,
                 tokenizer_dir: Path | None = None, resume: bool = False) -> Stage:
+    """Tokenizer, model (on ``dist.device``, in train mode), data, objective and export of ``cfg.stage``."""
     tokenizer, tok_source = resolve_tokenizer(cfg, dist, out, init, tokenizer_dir, resume)
     model, tokenizer, model_source = load_model(cfg, init, tokenizer)
     _check_lengths(cfg, model)
@@ -178,44 +180,51 @@ def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None =
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
     model.to(dist.device).train()
     info = {"tokenizer": tok_source, "model": model_source}
+    if cfg.stage == "drafter":
+        return _drafter_stage(cfg, dist, out, model, tokenizer, info, resume)
+    # Recorded in config.json so `trimode eval` / `bench` draw held-out tasks of these families.
+    model.config.task_families = list(dict.fromkeys(cfg.task_families or FAMILIES))
+    return _text_stage(cfg, dist, model, tokenizer, info)
+
+
+def _export_full(model: TrimodeModel, tokenizer, path: Path) -> None:
+    """Write the complete model directory: config, safetensors, tokenizer."""
+    path.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _text_stage(cfg: TrainConfig, dist: DistInfo, model: TrimodeModel, tokenizer, info: dict) -> Stage:
+    """ar, joint (code + task text) and sft (task prompt/response pairs): every weight trained and exported."""
     G = global_batch_size(cfg, dist.world_size)
+    objective = AutoregressiveObjective(cfg, dist.device) if cfg.stage == "ar" else \
+        JointObjective(cfg, model.config, dist.device)
+    sequences, eval_kind = (sft_sequences, "task") if cfg.stage == "sft" else (pretraining_sequences, "code/task")
+    batcher = make_batcher(lambda: sequences(tokenizer, cfg, "train"), cfg, dist.world_size)
 
-    if cfg.stage != "drafter":
-        # Recorded in config.json so `trimode eval` / `bench` draw held-out tasks of these families.
-        from ..data.tasks import FAMILIES
+    def eval_source() -> list[dict[str, torch.Tensor]]:
+        return fixed_batches(sequences(tokenizer, cfg, "heldout"), cfg.eval_batches, G, eval_kind)
 
-        model.config.task_families = list(dict.fromkeys(cfg.task_families or FAMILIES))
+    def export(path: Path) -> None:
+        _export_full(model, tokenizer, path)
 
-    def export_full(path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        with quiet_transformers():
-            model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+    return Stage(cfg.stage, model, tokenizer, objective, batcher, eval_source, export, info)
 
-    if cfg.stage in ("ar", "joint"):
-        objective = AutoregressiveObjective(cfg, dist.device) if cfg.stage == "ar" else \
-            JointObjective(cfg, model.config, dist.device)
-        batcher = make_batcher(lambda: pretraining_sequences(tokenizer, cfg, "train"), cfg, dist.world_size)
-        eval_source = lambda: fixed_batches(pretraining_sequences(tokenizer, cfg, "heldout"),  # noqa: E731
-                                            cfg.eval_batches, G, "code/task")
-        return Stage(cfg.stage, model, tokenizer, objective, batcher, eval_source, export_full, info)
 
-    if cfg.stage == "sft":
-        objective = JointObjective(cfg, model.config, dist.device)
-        batcher = make_batcher(lambda: sft_sequences(tokenizer, cfg, "train"), cfg, dist.world_size)
-        eval_source = lambda: fixed_batches(sft_sequences(tokenizer, cfg, "heldout"),  # noqa: E731
-                                            cfg.eval_batches, G, "task")
-        return Stage("sft", model, tokenizer, objective, batcher, eval_source, export_full, info)
+def _drafter_stage(cfg: TrainConfig, dist: DistInfo, out: Path, model: TrimodeModel, tokenizer, info: dict,
+                   resume: bool) -> Stage:
+    """drafter: the base frozen, a LoRA adapter trained on the base's own greedy continuations.
 
-    # ---- drafter: the base is written once (it never changes), the adapter at each export.
+    The base is written to ``out`` once (it never changes); each export writes only the adapter.
+    """
     from .drafter import DATA_FILE, DrafterObjective, attach_drafter, distillation_data
 
+    G = global_batch_size(cfg, dist.world_size)
     if dist.is_main:
-        export_full(out)
+        _export_full(model, tokenizer, out)
         stale = out / DRAFTER_SUBFOLDER
-        if stale.exists() and not resume:
-            import shutil
-
+        if stale.exists() and not resume:  # a fresh run: an adapter there is an earlier run's
             shutil.rmtree(stale)
     # Rank 0 generates (or finds) the distillation targets; the others read its cache file.
     if dist.is_main:
@@ -231,15 +240,14 @@ def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None =
         raise ValueError(f"drafter.n_prompts={len(train_samples)} is smaller than the global batch {G}")
     batcher = make_batcher(lambda: train_samples, cfg, dist.world_size)
 
-    def eval_source():
+    def eval_source() -> list[dict[str, torch.Tensor]]:
         ev = data["eval"]
         n = (len(ev["tokens"]) // G) * G if len(ev["tokens"]) else 0
         n = min(n, cfg.eval_batches * G)
         return [{k: v[i:i + G] for k, v in ev.items()} for i in range(0, n, G)]
 
-    def export_drafter(path: Path) -> None:
-        # The base weights were written to `out` above; only the adapter changes.
+    def export(path: Path) -> None:
         peft_model.save_pretrained(path / DRAFTER_SUBFOLDER)
 
     info["drafter_samples"] = len(train_samples)
-    return Stage("drafter", model, tokenizer, objective, batcher, eval_source, export_drafter, info)
+    return Stage("drafter", model, tokenizer, objective, batcher, eval_source, export, info)

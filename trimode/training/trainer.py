@@ -111,162 +111,212 @@ def _check_resume(cfg: TrainConfig, state: dict[str, Any], G: int, path: Path) -
 
 def _train(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None, tokenizer_dir: Path | None,
            resume: bool, on_step) -> TrainResult:
+    """Set up the run (from a checkpoint when resuming), train, and export the model directory."""
     G = global_batch_size(cfg, dist.world_size)
+    start = _resume_point(cfg, dist, out, resume, G)
+    run = _Run(cfg, dist, out, build_stage(cfg, dist, out, init, tokenizer_dir, resume), G)
+    if start is not None:
+        run.restore(start)
+    run.begin(resume)
+    run.loop(on_step)
+    return run.finish()
+
+
+def _resume_point(cfg: TrainConfig, dist: DistInfo, out: Path, resume: bool, G: int) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run), once ``out`` is known to suit the request; creates ``out``."""
     ckpt_root = out / CHECKPOINT_DIR
-    start_ckpt = None
+    start = None
     if resume:
-        start_ckpt = latest_checkpoint(ckpt_root)
-        if start_ckpt is None:
+        start = latest_checkpoint(ckpt_root)
+        if start is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_root}")
-        _check_resume(cfg, json.loads((start_ckpt / "state.json").read_text()), G, start_ckpt)
-    elif list_checkpoints(ckpt_root):
+        _check_resume(cfg, json.loads((start / "state.json").read_text()), G, start)
+    elif list_checkpoints(ckpt_root):  # a fresh run would mix its checkpoints with another run's
         raise ValueError(f"{out} already holds checkpoints of a run: pass --resume to continue it, or choose "
                          "another --out")
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     barrier(dist)
+    return start
 
-    stage = build_stage(cfg, dist, out, init, tokenizer_dir, resume)
-    engine = wrap(stage.model, dist)
-    params = [p for _, p in stage.trainable()]
-    optimizer = build_optimizer(stage.trainable(), cfg, dist.device)
-    scheduler = build_scheduler(optimizer, cfg)
-    step, tokens_seen, elapsed_before = 0, 0, 0.0
-    if start_ckpt is not None:
-        weights, state = load_checkpoint(start_ckpt, optimizer)
-        stage.load_trainable_state(weights)
-        scheduler.load_state_dict(state["scheduler"])
-        stage.batcher.load_state_dict(state["data"])
-        step, tokens_seen, elapsed_before = state["step"], state["tokens"], state["elapsed"]
-    info = {**stage.info, "stage": stage.name, "rank": dist.rank, "world_size": dist.world_size, "global_batch": G,
-            "device": str(dist.device), "start_step": step,
-            "parameters": sum(p.numel() for p in stage.model.parameters()),
-            "trainable_parameters": sum(p.numel() for p in params)}
-    if dist.is_main:
-        (out / CONFIG_FILE).write_text(cfg.to_json())
 
-    log = JsonlLog(out / LOG_FILE, dist.is_main, step if resume else None)
-    bar = Progress(cfg.steps, step, f"train {stage.name}", dist.is_main and show_progress(cfg.progress))
-    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" \
-        else nullcontext
-    objective = stage.objective
-    names = ("numerator", "count", *objective.stat_names)
-    history: list[dict[str, Any]] = []
-    eval_cache: list | None = None
-    eval_loss = None
+class _Run:
+    """One run of the loop: the stage, optimizer and counters, and the steps of the loop as methods."""
 
-    def evaluate() -> float | None:
-        nonlocal eval_cache
+    def __init__(self, cfg: TrainConfig, dist: DistInfo, out: Path, stage: Stage, G: int):
+        self.cfg, self.dist, self.out, self.stage, self.G = cfg, dist, out, stage, G
+        self.engine = wrap(stage.model, dist)  # DDP under torchrun: training forwards go through it
+        self.params = [p for _, p in stage.trainable()]
+        self.optimizer = build_optimizer(stage.trainable(), cfg, dist.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) \
+            if cfg.precision == "bf16" else nullcontext
+        self.names = ("numerator", "count", *stage.objective.stat_names)  # the sums a step all-reduces
+        self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
+        self.history: list[dict[str, Any]] = []
+        self.eval_cache: list | None = None
+        self.eval_loss: float | None = None
+
+    def restore(self, path: Path) -> None:
+        """Continue from checkpoint ``path``: trainable weights, AdamW state, lr schedule, data position, counters."""
+        weights, state = load_checkpoint(path, self.optimizer)
+        self.stage.load_trainable_state(weights)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stage.batcher.load_state_dict(state["data"])
+        self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens"], state["elapsed"]
+
+    def begin(self, resume: bool) -> None:
+        """Record the run's facts, write ``train_config.json``, open the JSONL log and the progress bar."""
+        cfg, dist, stage = self.cfg, self.dist, self.stage
+        self.info = {**stage.info, "stage": stage.name, "rank": dist.rank, "world_size": dist.world_size,
+                     "global_batch": self.G, "device": str(dist.device), "start_step": self.step,
+                     "parameters": sum(p.numel() for p in stage.model.parameters()),
+                     "trainable_parameters": sum(p.numel() for p in self.params)}
+        if dist.is_main:
+            (self.out / CONFIG_FILE).write_text(cfg.to_json())
+        # On resume the log keeps the lines up to the checkpoint's step: it reads like one run.
+        self.log = JsonlLog(self.out / LOG_FILE, dist.is_main, self.step if resume else None)
+        self.bar = Progress(cfg.steps, self.step, f"train {stage.name}", dist.is_main and show_progress(cfg.progress))
+
+    def loop(self, on_step: Callable[[int, dict[str, Any]], None] | None) -> None:
+        """Train up to ``cfg.steps`` (or a stop request), evaluating and checkpointing on their intervals."""
+        cfg = self.cfg
+        if cfg.eval_batches and self.step == 0 and cfg.eval_interval:  # the starting point of the eval curve
+            self.log_eval(announce=False)
+        data = iter(self.stage.batcher)
+        self.t0 = self.window_t = time.perf_counter()
+        self.window_tokens = 0
+        stop = _StopRequest(self.dist)
+        try:
+            while self.step < cfg.steps:
+                record, logged = self.log_step(*self.train_step(next(data)))
+                if cfg.eval_batches and ((cfg.eval_interval and self.step % cfg.eval_interval == 0)
+                                         or self.step == cfg.steps):
+                    self.log_eval(announce=True)
+                on_interval = bool(cfg.checkpoint_interval) and self.step % cfg.checkpoint_interval == 0
+                if on_interval:
+                    self.checkpoint()
+                if logged:  # the next throughput window starts after eval / checkpoint time
+                    self.window_t, self.window_tokens = time.perf_counter(), 0
+                if on_step is not None:
+                    on_step(self.step, record)
+                if stop.requested() and self.step < cfg.steps:
+                    self.stop_early(stop.signal_name, checkpointed=on_interval)
+                    break
+        finally:
+            self.bar.close()
+            stop.restore()
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step on a global batch; returns the step's sums over all ranks, grad norm and lr."""
+        cfg, dist, objective = self.cfg, self.dist, self.stage.objective
+        local, first = local_rows(batch, dist.rank, dist.world_size)
+        # Random draws depend on (step, global index of the row): any split into ranks and micro-batches
+        # draws the same masks.
+        prepared = [objective.prepare(mb, self.step, idx, "train")
+                    for mb, idx in micro_batches(local, first, cfg.micro_batch)]
+        # Normalise by the *global* count, so each rank's gradient is its share of one global sum; DDP
+        # averages over ranks, which `* world_size` undoes.
+        count = all_reduce_sum(torch.tensor([float(sum(p.count for p in prepared))], dtype=torch.float64,
+                                            device=dist.device), dist).item()
+        scale = dist.world_size / max(count, 1.0)
+        sums = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=dist.device)  # + tokens
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, p in enumerate(prepared):
+            with no_sync(self.engine, sync=i == len(prepared) - 1):  # gradients sync once, on the last
+                with self.autocast():
+                    terms = objective.terms(self.engine, p)
+                (terms.numerator * scale).backward()
+            sums += torch.tensor([terms.numerator.item(), p.count, *terms.stats, p.tokens], dtype=torch.float64,
+                                 device=dist.device)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        lr = self.scheduler.get_last_lr()[0]  # the lr this step used
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        all_reduce_sum(sums, dist)
+        return sums, grad_norm, lr
+
+    def log_step(self, sums: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> tuple[dict[str, Any], bool]:
+        """The step's record (loss, components, lr, tokens, ...), shown on the bar and written on the log interval;
+        returns it and whether it was written."""
+        values = dict(zip(self.names, sums.tolist()))
+        step_tokens = int(sums[-1].item())
+        self.tokens_seen += step_tokens
+        self.window_tokens += step_tokens
+        now = time.perf_counter()
+        loss = values["numerator"] / max(values["count"], 1.0)
+        record = {"step": self.step, "loss": loss, **self.stage.objective.summarize(values), "lr": lr,
+                  "grad_norm": float(grad_norm), "tokens": self.tokens_seen,
+                  "elapsed": self.elapsed_before + now - self.t0}
+        self.bar.update(loss, self.window_tokens / max(now - self.window_t, 1e-9))
+        logged = self.step % self.cfg.log_interval == 0 or self.step == self.cfg.steps
+        if logged:
+            record["tokens_per_s"] = self.window_tokens / max(now - self.window_t, 1e-9)
+            self.log.write(record)
+            self.history.append(record)
+        return record, logged
+
+    def evaluate(self) -> float | None:
+        """Loss on the fixed held-out batches (None without any); the same draws every time, so evaluations compare."""
+        cfg, dist, stage, objective = self.cfg, self.dist, self.stage, self.stage.objective
         if cfg.eval_batches == 0:
             return None
-        if eval_cache is None:
-            eval_cache = stage.eval_source()
-        if not eval_cache:
+        if self.eval_cache is None:
+            self.eval_cache = stage.eval_source()
+        if not self.eval_cache:
             return None
-        sums = torch.zeros(len(names), dtype=torch.float64, device=dist.device)
+        sums = torch.zeros(len(self.names), dtype=torch.float64, device=dist.device)
         with torch.no_grad():
-            for batch in eval_cache:
+            for batch in self.eval_cache:
                 local, first = local_rows(batch, dist.rank, dist.world_size)
                 for mb, idx in micro_batches(local, first, cfg.micro_batch):
                     p = objective.prepare(mb, 0, idx, "eval")  # fixed draws: evaluations compare
-                    with autocast():
+                    with self.autocast():
                         t = objective.terms(stage.model, p)
                     sums += torch.tensor([t.numerator.item(), p.count, *t.stats], dtype=torch.float64,
                                          device=dist.device)
         all_reduce_sum(sums, dist)
         return sums[0].item() / max(sums[1].item(), 1.0)
 
-    if cfg.eval_batches and step == 0 and cfg.eval_interval:  # the starting point of the eval curve
-        eval_loss = evaluate()
-        if eval_loss is not None:
-            log.write({"step": 0, "eval_loss": eval_loss})
-            history.append({"step": 0, "eval_loss": eval_loss})
-    data = iter(stage.batcher)
-    t0 = time.perf_counter()
-    window_t, window_tokens = t0, 0
-    stop = _StopRequest(dist)
+    def log_eval(self, announce: bool) -> None:
+        """Evaluate and log the eval loss at this step (announce: also print it above the progress bar)."""
+        self.eval_loss = self.evaluate()
+        if self.eval_loss is not None:
+            self.log.write({"step": self.step, "eval_loss": self.eval_loss})
+            self.history.append({"step": self.step, "eval_loss": self.eval_loss})
+            if announce:
+                self.bar.write(f"step {self.step}: eval_loss {self.eval_loss:.4f}")
 
-    def checkpoint() -> None:
-        if dist.is_main:
-            save_checkpoint(ckpt_root, step, stage.trainable_state(), optimizer, {
-                "step": step, "stage": stage.name, "config": cfg.to_dict(),
-                "scheduler": scheduler.state_dict(), "data": stage.batcher.state_dict(),
-                "tokens": tokens_seen, "elapsed": elapsed_before + time.perf_counter() - t0,
-                "global_batch": G, "world_size": dist.world_size}, cfg.keep_checkpoints)
-            plot_loss_curve(out / LOG_FILE, out / CURVE_FILE, f"trimode {stage.name}")
-        barrier(dist)
+    def checkpoint(self) -> None:
+        """Save everything an exact resume needs (rank 0) and redraw the loss curve; all ranks wait for it."""
+        if self.dist.is_main:
+            save_checkpoint(self.out / CHECKPOINT_DIR, self.step, self.stage.trainable_state(), self.optimizer, {
+                "step": self.step, "stage": self.stage.name, "config": self.cfg.to_dict(),
+                "scheduler": self.scheduler.state_dict(), "data": self.stage.batcher.state_dict(),
+                "tokens": self.tokens_seen, "elapsed": self.elapsed_before + time.perf_counter() - self.t0,
+                "global_batch": self.G, "world_size": self.dist.world_size}, self.cfg.keep_checkpoints)
+            plot_loss_curve(self.out / LOG_FILE, self.out / CURVE_FILE, f"trimode {self.stage.name}")
+        barrier(self.dist)
 
-    try:
-        while step < cfg.steps:
-            batch = next(data)
-            local, first = local_rows(batch, dist.rank, dist.world_size)
-            prepared = [objective.prepare(mb, step, idx, "train")
-                        for mb, idx in micro_batches(local, first, cfg.micro_batch)]
-            count = all_reduce_sum(torch.tensor([float(sum(p.count for p in prepared))], dtype=torch.float64,
-                                                device=dist.device), dist).item()
-            scale = dist.world_size / max(count, 1.0)
-            sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=dist.device)  # + tokens
-            optimizer.zero_grad(set_to_none=True)
-            for i, p in enumerate(prepared):
-                with no_sync(engine, sync=i == len(prepared) - 1):
-                    with autocast():
-                        terms = objective.terms(engine, p)
-                    (terms.numerator * scale).backward()
-                sums += torch.tensor([terms.numerator.item(), p.count, *terms.stats, p.tokens], dtype=torch.float64,
-                                     device=dist.device)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            all_reduce_sum(sums, dist)
-            values = dict(zip(names, sums.tolist()))
-            step_tokens = int(sums[-1].item())
-            tokens_seen += step_tokens
-            window_tokens += step_tokens
-            now = time.perf_counter()
-            loss = values["numerator"] / max(values["count"], 1.0)
-            record = {"step": step, "loss": loss, **objective.summarize(values), "lr": lr,
-                      "grad_norm": float(grad_norm), "tokens": tokens_seen,
-                      "elapsed": elapsed_before + now - t0}
-            bar.update(loss, window_tokens / max(now - window_t, 1e-9))
-            logged = step % cfg.log_interval == 0 or step == cfg.steps
-            if logged:
-                record["tokens_per_s"] = window_tokens / max(now - window_t, 1e-9)
-                log.write(record)
-                history.append(record)
-            if cfg.eval_batches and ((cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.steps):
-                eval_loss = evaluate()
-                if eval_loss is not None:
-                    log.write({"step": step, "eval_loss": eval_loss})
-                    history.append({"step": step, "eval_loss": eval_loss})
-                    bar.write(f"step {step}: eval_loss {eval_loss:.4f}")
-            on_interval = bool(cfg.checkpoint_interval) and step % cfg.checkpoint_interval == 0
-            if on_interval:
-                checkpoint()
-            if logged:  # the next throughput window starts after eval / checkpoint time
-                window_t, window_tokens = time.perf_counter(), 0
-            if on_step is not None:
-                on_step(step, record)
-            if stop.requested() and step < cfg.steps:
-                if not on_interval:
-                    checkpoint()
-                info["stopped_at"] = step
-                if dist.is_main:
-                    print(f"stopped by {stop.signal_name} after step {step} of {cfg.steps}: checkpoint saved and "
-                          f"weights exported; continue with the same command and --resume", file=sys.stderr,
-                          flush=True)
-                break
-    finally:
-        bar.close()
-        stop.restore()
+    def stop_early(self, signal_name: str, checkpointed: bool) -> None:
+        """After a stop request: a checkpoint of this step (unless the interval just wrote one), and how to go on."""
+        if not checkpointed:
+            self.checkpoint()
+        self.info["stopped_at"] = self.step
+        if self.dist.is_main:
+            print(f"stopped by {signal_name} after step {self.step} of {self.cfg.steps}: checkpoint saved and "
+                  f"weights exported; continue with the same command and --resume", file=sys.stderr, flush=True)
 
-    if dist.is_main:
-        stage.export(out)
-        plot_loss_curve(out / LOG_FILE, out / CURVE_FILE, f"trimode {stage.name}")
-    barrier(dist)
-    info["elapsed"] = elapsed_before + time.perf_counter() - t0
-    return TrainResult(out=out, step=step, history=history, eval_loss=eval_loss, info=info)
+    def finish(self) -> TrainResult:
+        """Export the model directory and the final loss curve (rank 0); the result of the run."""
+        if self.dist.is_main:
+            self.stage.export(self.out)
+            plot_loss_curve(self.out / LOG_FILE, self.out / CURVE_FILE, f"trimode {self.stage.name}")
+        barrier(self.dist)
+        self.info["elapsed"] = self.elapsed_before + time.perf_counter() - self.t0
+        return TrainResult(out=self.out, step=self.step, history=self.history, eval_loss=self.eval_loss,
+                           info=self.info)
 
 
 class _StopRequest:

@@ -18,13 +18,24 @@ import json
 
 import pytest
 import torch
-
-import trimode.evaluation.forward_costs as curve
 from helpers import quickly_trained_model, tiny_model
-from trimode.evaluation.autotune import (AcceptanceProfile, AutotuneConfig, CycleTiming, auto_block_choice,
-                                         auto_block_length, break_even_acceptance, calibrate, choose_block_length,
-                                         clear_cache, last_choice, measure_forward_costs, measured_break_even)
-from trimode.evaluation.forward_costs import CostStore
+
+import trimode.generation.forward_timing as timing
+from trimode.generation.autotune import (
+    AcceptanceProfile,
+    AutotuneConfig,
+    CycleTiming,
+    auto_block_choice,
+    auto_block_length,
+    break_even_acceptance,
+    calibrate,
+    choose_block_length,
+    clear_cache,
+    last_choice,
+    measure_forward_costs,
+    measured_break_even,
+)
+from trimode.generation.forward_timing import CostStore
 
 CANDIDATES = [1, 2, 3, 4, 6, 8]
 QUICK = AutotuneConfig(candidates=(1, 2, 4), diffusion_candidates=(1, 2, 4), repeats=3, time_budget=0.2,
@@ -135,7 +146,7 @@ def _fake_timer(monkeypatch, seconds: dict) -> list:
         timed.extend(needs)
         return {key: [2 * seconds[key], seconds[key]] for key in needs}
 
-    monkeypatch.setattr(curve, "time_forwards", time_forwards)
+    monkeypatch.setattr(timing, "time_forwards", time_forwards)
     return timed
 
 
@@ -174,7 +185,7 @@ def test_auto_on_a_real_model_is_cached_and_wired_into_the_engine(monkeypatch):
     def no_more_measuring(*a, **k):
         raise AssertionError("costs must be cached on the model")
 
-    monkeypatch.setattr(curve, "time_forwards", no_more_measuring)
+    monkeypatch.setattr(timing, "time_forwards", no_more_measuring)
     out, _, stats = model.linear_spec_generate(prompts, max_new_tokens=10, block_length="auto", eos_token_id=[],
                                                return_stats=True)
     ref, _ = model.ar_generate(prompts, max_new_tokens=10, eos_token_id=[])

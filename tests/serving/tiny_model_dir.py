@@ -47,7 +47,7 @@ def build_tiny_model_dir(path: str | Path, vocab_size: int = 320, context: int =
     return path
 
 
-if __name__ == "__main__":  # python -m trimode.serving.tiny DIR
+if __name__ == "__main__":  # python tests/serving/tiny_model_dir.py DIR
     import sys
 
     print(build_tiny_model_dir(sys.argv[1] if len(sys.argv) > 1 else "/tmp/trimode-tiny-random"))

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import tiny_model
 from scipy.stats import chi2_contingency
 
-from helpers import tiny_model
 from trimode.generation.loop import Request, private_generator
 from trimode.generation.sampling import SamplingParams, probabilities, speculative_accept
 

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from helpers import random_prompts, tiny_model
 from peft import LoraConfig, PeftModel, get_peft_model
 
 import trimode
-from helpers import random_prompts, tiny_model
-
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # The published drafter (o_proj), and design (b): a draft pathway carried by an adapter on every

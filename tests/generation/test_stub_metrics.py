@@ -14,7 +14,6 @@ diffusion       unsure  1 + 5*(3 denoise + 1 write) = 21   [4] * 5
 """
 
 import pytest
-
 from helpers import StubModel, stub_decode, truth
 
 N, B = 21, 4

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import random_prompts, tiny_model
 
 import trimode
-from helpers import random_prompts, tiny_model
 from trimode.masks import block_pattern
 
 

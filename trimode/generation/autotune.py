@@ -11,7 +11,7 @@ prints the curve of this machine), so the best block depends on the machine
 after a cached prefix of ``prefix_tokens``, for the kinds the decoders run:
 ``write`` (causal, appends: verification, AR), ``peek`` (bidirectional block,
 drafter on: drafting, denoising) and ``quadratic`` (the fused ``B + B*B``
-layout). They come from the forward-cost curve of :mod:`.forward_costs` (one
+layout). They come from the forward-cost curve of :mod:`.forward_timing` (one
 timing primitive for both): rounds interleaved over all (kind, k) so machine
 noise hits every k alike, and the *fastest* round is kept: on a shared machine
 noise only ever adds time, so the minimum is the steadiest estimate of a
@@ -19,7 +19,7 @@ forward's own cost. Per kind, costs are then made non-decreasing in k (a wider
 forward never costs less; a dip is leftover noise).
 
 The curve is persisted: one JSON file per model identity and machine under
-trimode's cache directory (:class:`.forward_costs.CostStore`). ``auto`` reads
+trimode's cache directory (:class:`.forward_timing.CostStore`). ``auto`` reads
 the points it needs from it and measures (and adds) only the missing ones, so
 every process on the same machine and model decides from the same curve
 instead of a fresh, noisy one; ``trimode bench --forward-costs`` replaces it.
@@ -29,7 +29,7 @@ In memory the store is also cached on the model object (attribute
 Each timed call is a forward plus the softmax/argmax the decoders apply to
 its logits (for the quadratic layout, ``B + B*B`` rows of logits).
 
-**Seconds per cycle** (spec section 4):
+**Seconds per cycle**:
 
 - linear-spec: ``c(peek, B) + c(write, B)`` (B = 1 drafts nothing: an AR step);
 - quadratic-spec: ``c(quadratic, B)``, one forward over ``B + B*B`` tokens;
@@ -93,19 +93,24 @@ AR returns 1 (it has no block). Everything is injectable for tests:
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field
 
-import torch
+from . import forward_timing as timing
+from .block_choice import (
+    DEFAULT_MARGIN,
+    BlockChoice,
+    CostFn,
+    CycleTiming,
+    break_even_acceptance,
+    check_mode,
+    check_speculative,
+    choose_block_length,
+    cycle_timing,
+)
+from .calibration import AcceptanceProfile, measure_profile, sampled_prompts
+from .forward_timing import DEFAULT_PREFIX_TOKENS, CostStore
 
-from ..generation.modes import MODE_NAMES as MODES, SPECULATIVE_MODES
-from . import forward_costs as curve
-from .forward_costs import DEFAULT_PREFIX_TOKENS, CostStore
-
-CostFn = Callable[[str, int], float]
 _CACHE_ATTR = "_trimode_autotune"
-DEFAULT_MARGIN = 0.03
 
 
 @dataclass
@@ -138,7 +143,7 @@ class AutotuneConfig:
     margin: float = DEFAULT_MARGIN
     """Relative tokens/s below the best within which the smallest block is chosen (module docstring)."""
     persist: bool = True
-    """Read and write the forward costs and calibration timings on disk (:class:`.forward_costs.CostStore`)."""
+    """Read and write the forward costs and calibration timings on disk (:class:`.forward_timing.CostStore`)."""
 
     def validate(self) -> "AutotuneConfig":
         for name in ("candidates", "diffusion_candidates"):
@@ -152,79 +157,6 @@ class AutotuneConfig:
         if not 0 <= self.margin < 1:
             raise ValueError(f"autotune margin={self.margin!r} must be in [0, 1)")
         return self
-
-
-@dataclass
-class AcceptanceProfile:
-    """What a mode achieves per cycle on some prompts.
-
-    Speculative modes: ``runs`` = accepted drafts per cycle measured at block ``block_length``.
-    Diffusion: ``diffusion`` = per candidate B, (decode tokens, denoise forwards, block writes).
-    """
-
-    mode: str
-    block_length: int = 1
-    runs: list[int] = field(default_factory=list)
-    diffusion: dict[int, tuple[int, int, int]] = field(default_factory=dict)
-    source: str = "given"
-    cycle_seconds: list[float] = field(default_factory=list)
-    """Per calibration call at ``block_length``: wall time after the first token / cycles (diffusion: /
-    forwards). Empty: unknown, no overhead is added."""
-    ar_step_seconds: list[float] = field(default_factory=list)
-    """The same for AR on the same prompts: seconds per step (empty: AR's rate is 1 / c(write, 1))."""
-
-    def tokens_per_cycle(self, block: int) -> float:
-        """Predicted tokens per cycle at ``block``: sum(r + 1) / sum(ceil((r + 1) / block)) (module docstring)."""
-        if block > self.block_length and self.runs:
-            raise ValueError(f"profile measured at block {self.block_length} cannot predict block {block}")
-        if not self.runs:
-            return 1.0
-        return sum(r + 1 for r in self.runs) / sum(-(-(r + 1) // block) for r in self.runs)
-
-    @classmethod
-    def from_acceptance(cls, mode: str, block_length: int, acceptance_lengths: list[int],
-                        source: str = "given") -> "AcceptanceProfile":
-        return cls(mode, block_length, [max(0, min(a - 1, block_length - 1)) for a in acceptance_lengths],
-                   source=source)
-
-
-@dataclass
-class CycleTiming:
-    """What a cycle costs beyond its forwards, from calibration wall time (module docstring)."""
-
-    overhead_s: float
-    """Per cycle (speculative modes) or per forward (diffusion)."""
-    ar_step_s: float
-    """Seconds of one AR step, overhead included."""
-    source: str = "calibration"
-
-
-@dataclass
-class BlockChoice:
-    """The decision and everything behind it (reported by ``trimode bench``)."""
-
-    mode: str
-    block_length: int
-    rows: list[dict]  # per candidate: block_length, tokens_per_cycle, seconds_per_cycle, tokens_per_s, speedup_vs_ar
-    ar_tokens_per_s: float
-    profile_source: str
-    fastest_block_length: int | None = None
-    """The argmax of predicted tokens/s (``block_length`` is the smallest within ``margin`` of it)."""
-    margin: float = 0.0
-    cost_source: str = "given"
-    timing_source: str = "calibration"
-
-    @property
-    def predicted_speedup(self) -> float:
-        return next(r["speedup_vs_ar"] for r in self.rows if r["block_length"] == self.block_length)
-
-    def predicted_gain_over(self, block_length: int) -> float | None:
-        """Predicted tokens/s of the choice over ``block_length`` (None if not a candidate)."""
-        other = [r for r in self.rows if r["block_length"] == block_length]
-        return self.predicted_speedup / other[0]["speedup_vs_ar"] if other else None
-
-    def as_dict(self) -> dict:
-        return asdict(self) | {"predicted_speedup": self.predicted_speedup}
 
 
 @dataclass
@@ -274,16 +206,16 @@ def candidates_for(model, mode: str, config: AutotuneConfig) -> list[int]:
 def measure_forward_costs(model, needs: list[tuple[str, int]], config: AutotuneConfig | None = None
                           ) -> dict[tuple[str, int], float]:
     """Seconds of each (kind, k) forward on this machine, measured now (fastest of interleaved rounds,
-    made monotone; see module docstring). Neither reads nor writes the persisted curve."""
+    made monotone; see module docstring). Neither reads nor writes the persisted timing."""
     config = (config or AutotuneConfig()).validate()
-    samples = curve.time_forwards(model, needs, prefix_tokens=config.prefix_tokens, repeats=config.repeats,
+    samples = timing.time_forwards(model, needs, prefix_tokens=config.prefix_tokens, repeats=config.repeats,
                                   time_budget=config.time_budget, seed=config.seed)
-    return curve.monotone({key: min(v) for key, v in samples.items()})
+    return timing.monotone({key: min(v) for key, v in samples.items()})
 
 
 def _store(model, config: AutotuneConfig) -> CostStore:
     """The cost store of ``model`` on this machine: in memory, else from disk (or empty)."""
-    identity = curve.machine_identity(model)
+    identity = timing.machine_identity(model)
     key = json.dumps(identity, sort_keys=True) + f" persist={config.persist}"
     stores = _state(model).stores
     if key not in stores:
@@ -298,11 +230,11 @@ def _cost_table(model, needs: list[tuple[str, int]], config: AutotuneConfig) -> 
     prefix = config.prefix_tokens
     missing = [key for key in dict.fromkeys(needs) if store.get(*key, prefix) is None]
     if missing:
-        store.record(curve.time_forwards(model, missing, prefix_tokens=prefix, repeats=config.repeats,
+        store.record(timing.time_forwards(model, missing, prefix_tokens=prefix, repeats=config.repeats,
                                          time_budget=config.time_budget, seed=config.seed), prefix)
         store.measured_in_process = True
         store.save()
-    return curve.monotone(store.minimum_costs(prefix))
+    return timing.monotone(store.minimum_costs(prefix))
 
 
 def _needs(mode: str, blocks: list[int]) -> list[tuple[str, int]]:
@@ -332,14 +264,7 @@ def forward_costs(model, mode: str, config: AutotuneConfig | None = None) -> Cos
 # ---------------------------------------------------------------- acceptance
 def generic_prompts(model, config: AutotuneConfig) -> list[list[int]]:
     """A few prompts sampled from the model itself after BOS (seeded): text the model finds plausible."""
-    cfg = model.config
-    bos = cfg.bos_token_id if cfg.bos_token_id is not None else 1
-    gen = torch.Generator().manual_seed(config.seed)
-    prompts = []
-    for _ in range(config.calibration_prompts):
-        out, _ = model.ar_generate([[bos]], max_new_tokens=16, temperature=1.0, generator=gen, eos_token_id=[])
-        prompts.append(out[0].tolist())
-    return prompts
+    return sampled_prompts(model, config.calibration_prompts, config.seed)
 
 
 def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneConfig | None = None,
@@ -350,53 +275,10 @@ def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneCon
     ``threshold``: diffusion only (None: the config's threshold).
     """
     config = (config or AutotuneConfig()).validate()
-    _check_mode(mode)
-    if not prompts:
-        raise ValueError("calibrate needs at least one prompt")
-    n = max_new_tokens or config.calibration_tokens
-    blocks = candidates_for(model, mode, config)
-
-    def timed(m: str, prompt: list[int], **kw):
-        start = time.perf_counter()
-        _, _, st = model.decode_mode(m, [prompt], max_new_tokens=n, eos_token_id=eos_token_id, return_stats=True,
-                                     **kw)
-        return st, time.perf_counter() - start - (st.time_to_first_token or 0.0)  # decode wall time
-
-    def ar_step(prompt: list[int]) -> None:  # interleaved with the mode's calls: noise hits both alike
-        st, seconds = timed("ar", prompt)
-        if st.acceptance_lengths:
-            profile.ar_step_seconds.append(seconds / len(st.acceptance_lengths))
-
-    if mode == "diffusion":
-        profile = AcceptanceProfile(mode, max(blocks), source=source)
-        extra = {} if threshold is None else {"threshold": threshold}
-        for b in blocks:
-            tokens = denoise = writes = 0
-            for p in prompts:
-                st, seconds = timed(mode, p, block_length=b, **extra)
-                if b == max(blocks):
-                    profile.cycle_seconds.append(seconds / max(1, st.nfe - st.prefill_forwards))
-                    ar_step(p)
-                blocks_run = len(st.acceptance_lengths)
-                decode_nfe = st.nfe - st.prefill_forwards
-                w = min(blocks_run, decode_nfe)  # a block emitted without a write ends the row
-                # decode tokens only (the prefill's token is the same for every B)
-                tokens += sum(st.acceptance_lengths)
-                denoise, writes = denoise + decode_nfe - w, writes + w
-            profile.diffusion[b] = (tokens, denoise, writes)
-    elif mode in SPECULATIVE_MODES:
-        b_cal = max(blocks)
-        profile = AcceptanceProfile(mode, b_cal, source=source)
-        for p in prompts:
-            st, seconds = timed(mode, p, block_length=b_cal)
-            profile.runs += [max(0, min(a - 1, b_cal - 1)) for a in st.acceptance_lengths]
-            if st.acceptance_lengths:
-                profile.cycle_seconds.append(seconds / len(st.acceptance_lengths))
-            ar_step(p)
-    else:
-        profile = AcceptanceProfile(mode, 1, source=source)
-        for p in prompts:
-            ar_step(p)
+    check_mode(mode)
+    profile = measure_profile(model, mode, prompts, candidates_for(model, mode, config),
+                              max_new_tokens or config.calibration_tokens, eos_token_id=eos_token_id,
+                              threshold=threshold, source=source)
     state = _state(model)
     state.profiles[mode] = profile
     state.choices.pop(mode, None)
@@ -404,113 +286,12 @@ def calibrate(model, mode: str, prompts: list[list[int]], *, config: AutotuneCon
 
 
 # ---------------------------------------------------------------- decision
-def cycle_forward_seconds(mode: str, cost: CostFn, block_length: int) -> float:
-    """Seconds of the forwards of one cycle: quadratic-spec one draft-and-verify forward,
-    linear-spec (B > 1) a draft peek plus a verify write, anything else one AR step."""
-    if mode == "quadratic-spec":
-        return cost("quadratic", block_length)
-    if mode == "linear-spec" and block_length > 1:
-        return cost("peek", block_length) + cost("write", block_length)
-    return cost("write", 1)
-
-
-def break_even_acceptance(mode: str, cost: CostFn, block_length: int) -> float:
-    """Tokens per cycle at which a speculative ``mode`` matches AR's tokens/s: one cycle's forwards
-    over one AR forward. Where a B-token forward costs what a 1-token one does (a GPU at small
-    batch) that is 2.0 for linear-spec; on a CPU, whose forward cost grows with B, it is higher."""
-    _check_speculative(mode, block_length)
-    return cycle_forward_seconds(mode, cost, block_length) / cost("write", 1)
-
-
-def _check_speculative(mode: str, block_length: int) -> None:
-    if mode not in SPECULATIVE_MODES:
-        raise ValueError(f"mode={mode!r}: break-even acceptance is defined for {' and '.join(SPECULATIVE_MODES)}")
-    if block_length < 2:
-        raise ValueError(f"block_length={block_length} must be >= 2 for speculation to draft anything")
-
-
 def measured_break_even(model, mode: str, block_length: int, config: AutotuneConfig | None = None) -> float:
     """:func:`break_even_acceptance` with this machine's forward costs (the persisted curve; points it
     lacks are measured, about a second)."""
-    _check_speculative(mode, block_length)
+    check_speculative(mode, block_length)
     table = _cost_table(model, _needs(mode, [block_length]), (config or AutotuneConfig()).validate())
     return break_even_acceptance(mode, lambda kind, k: table[(kind, k)], block_length)
-
-
-def _diffusion_forwards(profile: AcceptanceProfile, cost: CostFn, b: int) -> tuple[float, int]:
-    """(seconds of the forwards diffusion ran at block ``b``, their number)."""
-    _, denoise, writes = profile.diffusion[b]
-    return denoise * cost("peek", b) + writes * cost("write", b), denoise + writes
-
-
-def cycle_timing(mode: str, profile: AcceptanceProfile, cost: CostFn) -> CycleTiming:
-    """The overhead and AR step time the calibration wall time implies (see module docstring).
-
-    The fastest call is kept, as for the costs: noise only adds time, and per-cycle time barely
-    depends on the prompt. No calibration timing: no overhead, and AR's step is one write forward.
-    """
-    ar_step = cost("write", 1)
-    if profile.ar_step_seconds:
-        ar_step = max(ar_step, min(profile.ar_step_seconds))
-    overhead = 0.0  # per cycle (speculative) or per forward (diffusion)
-    if profile.cycle_seconds:
-        if mode == "diffusion" and profile.block_length in profile.diffusion:
-            seconds, count = _diffusion_forwards(profile, cost, profile.block_length)
-            overhead = max(0.0, min(profile.cycle_seconds) - seconds / max(1, count))
-        elif mode != "diffusion":
-            overhead = max(0.0, min(profile.cycle_seconds) - cycle_forward_seconds(mode, cost, profile.block_length))
-    return CycleTiming(overhead, ar_step)
-
-
-def pick_within_margin(rows: list[dict], margin: float) -> tuple[dict, dict]:
-    """(the chosen row, the fastest row): the smallest block whose predicted tokens/s is at least
-    ``(1 - margin)`` of the best (module docstring); exact ties go to the smaller block as well."""
-    fastest = max(rows, key=lambda r: (r["tokens_per_s"], -r["block_length"]))
-    floor = (1.0 - margin) * fastest["tokens_per_s"]
-    chosen = min((r for r in rows if r["tokens_per_s"] >= floor), key=lambda r: r["block_length"])
-    return chosen, fastest
-
-
-def choose_block_length(mode: str, profile: AcceptanceProfile, cost: CostFn, candidates: list[int], *,
-                        timing: CycleTiming | None = None, margin: float = DEFAULT_MARGIN) -> BlockChoice:
-    """Pure decision: predicted tokens/s per candidate; the smallest block within ``margin`` of the best.
-
-    ``timing``: the overhead and AR step time (None: derived from the profile's calibration timing).
-    """
-    _check_mode(mode)
-    timing = timing or cycle_timing(mode, profile, cost)
-    ar_step, overhead = timing.ar_step_s, timing.overhead_s
-    ar_rate = 1.0 / ar_step
-    rows = []
-    for b in sorted(candidates):
-        if b == 1 and mode in ("diffusion", "linear-spec"):
-            # One token per cycle through a single write forward: the AR step, overhead included.
-            rows.append({"block_length": 1, "tokens_per_cycle": 1.0, "seconds_per_cycle": ar_step,
-                         "tokens_per_s": ar_rate, "speedup_vs_ar": 1.0})
-            continue
-        if mode == "diffusion":
-            if b not in profile.diffusion or not profile.diffusion[b][0]:
-                continue
-            tokens, _, writes = profile.diffusion[b]
-            seconds, count = _diffusion_forwards(profile, cost, b)
-            seconds += overhead * count
-            blocks = max(1, writes)
-            per_cycle, spc = tokens / blocks, seconds / blocks
-            rate = tokens / seconds if seconds > 0 else 0.0
-        else:
-            if mode in SPECULATIVE_MODES and b > profile.block_length:
-                continue
-            per_cycle = profile.tokens_per_cycle(b) if mode != "ar" else 1.0
-            spc = cycle_forward_seconds(mode, cost, b) + overhead
-            rate = per_cycle / spc
-        rows.append({"block_length": b, "tokens_per_cycle": per_cycle, "seconds_per_cycle": spc,
-                     "tokens_per_s": rate, "speedup_vs_ar": rate / ar_rate})
-    if not rows:
-        raise ValueError(f"no candidate block length of {sorted(candidates)} could be predicted for mode "
-                         f"{mode!r} (profile measured at block {profile.block_length})")
-    chosen, fastest = pick_within_margin(rows, margin)
-    return BlockChoice(mode, chosen["block_length"], rows, ar_rate, profile.source,
-                       fastest_block_length=fastest["block_length"], margin=margin, timing_source=timing.source)
 
 
 def auto_block_length(model, mode: str, *, cost: CostFn | None = None, profile: AcceptanceProfile | None = None,
@@ -526,7 +307,7 @@ def auto_block_length(model, mode: str, *, cost: CostFn | None = None, profile: 
 def auto_block_choice(model, mode: str, *, cost: CostFn | None = None, profile: AcceptanceProfile | None = None,
                       config: AutotuneConfig | None = None) -> BlockChoice:
     """Like :func:`auto_block_length`, returning the whole :class:`BlockChoice`."""
-    _check_mode(mode)
+    check_mode(mode)
     config = (config or AutotuneConfig()).validate()
     state = _state(model)
     injected = cost is not None or profile is not None
@@ -579,8 +360,3 @@ def last_choice(model, mode: str) -> BlockChoice | None:
     """The cached ``auto`` decision of ``mode`` for this model, if any."""
     state = getattr(model, _CACHE_ATTR, None)
     return None if state is None else state.choices.get(mode)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")

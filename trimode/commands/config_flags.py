@@ -1,0 +1,192 @@
+"""Command-line flags generated from a pydantic config model.
+
+A config model declares each setting once: its type, default, bounds
+(``Field(ge=..., gt=..., le=..., lt=...)``), choices (``Literal``) and
+description. :class:`ConfigFlags` turns those fields into argparse flags and the
+parsed arguments back into the model, by one rule:
+
+- field ``max_batch_size`` -> flag ``--max-batch-size``, dest ``max_batch_size``;
+- ``int`` / ``float`` (or either or None): parsed as such, the bounds checked as
+  the value is parsed, so a bad value is an argument error naming the flag;
+  ``Literal``: argparse ``choices``; ``str``: as given; ``bool``:
+  ``--flag`` / ``--no-flag``;
+- the default is the field's, the help its description plus ``(default: X)``
+  (a field whose default is None says in its description what None means);
+- a field whose type is itself a model becomes an argument group titled by the
+  field's ``title`` (its description below it), whose flags are prefixed with
+  the field's name: ``auto.window`` -> ``--auto-window``.
+
+A command states only where its flags depart from the rule, per dotted field
+path, with a :class:`Flag` (another name, a parser of its own, a metavar, a flag
+the parser already has, or no flag at all). Building the parser imports only
+argparse and pydantic (the model's module too), never torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one field appears on the command line, where it departs from the rule."""
+
+    name: str | None = None
+    """The option string, e.g. ``"--timeout"`` (default: ``--`` + the dashed field path)."""
+    type: Callable[[str], Any] | None = None
+    """Parses the flag's text (default: from the field's type and bounds). argparse also runs it on a
+    string default, so it must accept the field's default when that is a string."""
+    metavar: str | None = None
+    shared: bool = False
+    """The parser already has this flag (one that other commands share): read it, do not add it."""
+    omit: bool = False
+    """No flag: the field keeps its default unless the command passes a value to :meth:`ConfigFlags.build`."""
+
+
+NO_FLAG = Flag(omit=True)
+
+
+@dataclass(frozen=True)
+class _Option:
+    path: str  # dotted field path, e.g. "auto.window"
+    option: str  # e.g. "--auto-window"
+    dest: str  # attribute of the parsed namespace
+    info: FieldInfo
+    flag: Flag
+    group: str | None  # path of the nested model whose group holds it; None: the parser itself
+
+
+class ConfigFlags:
+    """The flags of ``model`` (a pydantic model class), and the model built from parsed flags.
+
+    ``flags`` maps dotted field paths to :class:`Flag` where the rule does not fit (a path that is
+    not a field of the model is an error).
+    """
+
+    def __init__(self, model: type[BaseModel], flags: Mapping[str, Flag] | None = None):
+        self.model = model
+        self.flags = dict(flags or {})
+        self.groups: dict[str, FieldInfo] = {}  # nested-model field path -> its field
+        self.options: list[_Option] = []
+        self._collect(model, prefix="", group=None)
+        known = {o.path for o in self.options} | set(self.groups)
+        unknown = sorted(set(self.flags) - known)
+        if unknown:
+            raise ValueError(f"{unknown}: not fields of {model.__name__}")
+
+    def _collect(self, model: type[BaseModel], prefix: str, group: str | None) -> None:
+        for name, info in model.model_fields.items():
+            path = prefix + name
+            flag = self.flags.get(path, Flag())
+            nested = _nested_model(info.annotation)
+            if nested is not None and not flag.omit:
+                self.groups[path] = info
+                self._collect(nested, prefix=path + ".", group=path)
+                continue
+            option = flag.name or "--" + path.replace(".", "-").replace("_", "-")
+            dest = option.lstrip("-").replace("-", "_")
+            self.options.append(_Option(path, option, dest, info, flag, group))
+
+    # ------------------------------------------------------------------ the parser
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        """Add the flags (and one argument group per nested model) to ``parser``."""
+        containers: dict[str | None, Any] = {None: parser}
+        for path, info in self.groups.items():
+            containers[path] = parser.add_argument_group(info.title or path, info.description)
+        for o in self.options:
+            if not (o.flag.omit or o.flag.shared):
+                containers[o.group].add_argument(o.option, **_argument(o))
+
+    # ------------------------------------------------------------------ the config
+    def values(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The parsed values of every flag, by dotted field path (fields without a flag are absent)."""
+        return {o.path: getattr(args, o.dest) for o in self.options if not o.flag.omit}
+
+    def build(self, values: Mapping[str, Any]) -> BaseModel:
+        """The model from values by dotted field path (what :meth:`values` returns, plus any the command
+        adds); fields not given keep their defaults. The model checks them (pydantic raises a
+        ``ValueError`` naming the field)."""
+        nested: dict[str, Any] = {}
+        for path, value in values.items():
+            *parents, name = path.split(".")
+            target = nested
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[name] = value
+        return self.model(**nested)
+
+    def config(self, args: argparse.Namespace) -> BaseModel:
+        """The model the parsed flags describe."""
+        return self.build(self.values(args))
+
+
+def _argument(o: _Option) -> dict[str, Any]:
+    """``add_argument`` keywords of one option."""
+    info, flag = o.info, o.flag
+    default = info.get_default(call_default_factory=True)
+    help = (info.description or "").replace("%", "%%")
+    if default is not None:
+        help += " (default: %(default)s)"
+    kwargs: dict[str, Any] = {"default": default, "help": help.strip()}
+    if flag.metavar:
+        kwargs["metavar"] = flag.metavar
+    kind, choices = _scalar(info.annotation)
+    if flag.type is not None:
+        kwargs["type"] = flag.type
+    elif choices:
+        kwargs["choices"] = list(choices)
+        if not all(isinstance(c, str) for c in choices):
+            kwargs["type"] = type(choices[0])
+    elif kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind in (int, float):
+        kwargs["type"] = bounded(kind, info.metadata)
+    elif kind is not str:
+        raise TypeError(f"{o.path}: no command-line type for {info.annotation!r}; give it Flag(type=...)")
+    return kwargs
+
+
+def _scalar(annotation: Any) -> tuple[Any, tuple]:
+    """(type, Literal choices) of a field: ``Optional[X]`` is X; anything else must be one type."""
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return _scalar(members[0]) if len(members) == 1 else (None, ())
+    if origin is Literal:
+        return None, get_args(annotation)
+    return annotation, ()
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+_LIMITS = {"ge": (">=", lambda v, x: v >= x), "gt": (">", lambda v, x: v > x),
+           "le": ("<=", lambda v, x: v <= x), "lt": ("<", lambda v, x: v < x)}
+
+
+def bounded(kind: type, constraints) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float) within the ``ge`` / ``gt`` / ``le`` / ``lt``
+    limits among ``constraints`` (a field's metadata). NaN is refused by any limit."""
+    limits = [(k, getattr(c, k)) for c in constraints for k in _LIMITS if getattr(c, k, None) is not None]
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        for k, limit in limits:
+            symbol, ok = _LIMITS[k]
+            if not ok(value, limit):
+                raise argparse.ArgumentTypeError(f"{value} must be {symbol} {limit}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some errors
+    return parse
