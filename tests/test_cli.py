@@ -85,6 +85,17 @@ def test_bad_threads_is_an_argument_error(bad, capsys):
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, bad, says", [
+    ("--temperature", "-1", "-1.0 must be >= 0"), ("--temperature", "nan", "nan must be >= 0"),
+    ("--temperature", "hot", "'hot' is not a number"), ("--max-new-tokens", "0", "0 must be >= 1"),
+    ("--block-length", "x", "'x' is not an integer"), ("--threshold", "2", "2.0 must be in (0, 1]"),
+])
+def test_bad_decoding_flags_are_argument_errors(flag, bad, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", flag, bad, "x"])
+    assert e.value.code == 2 and f"argument {flag}: {says}" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- the --threads default
 def _args(*argv):
     return build_parser().parse_args(["generate", *argv, "x"])

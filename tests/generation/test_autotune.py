@@ -14,6 +14,7 @@ ceil(4 / B) cycles, so tokens per cycle = 4 / ceil(4 / B):
     8    4                2 * 2.75    0.727
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -122,6 +123,23 @@ def test_bad_inputs_name_the_value():
         AutotuneConfig(candidates=(0, 2)).validate()
     with pytest.raises(ValueError, match=r"no candidate block length of \[16\]"):
         choose_block_length("linear-spec", AcceptanceProfile("linear-spec", 4, [1]), flat, [16])
+
+
+def test_autotune_config_errors_name_the_field_and_validate_checks_assigned_values():
+    with pytest.raises(ValueError, match=r"^autotune candidates\[0\]=0 must be greater than or equal to 1$"):
+        AutotuneConfig(candidates=(0, 2))
+    with pytest.raises(ValueError, match=r"^autotune diffusion_candidates=\(\): Tuple should have at least 1"):
+        AutotuneConfig(diffusion_candidates=())
+    with pytest.raises(ValueError, match=r"^autotune candidates\[1\]=2.0 must be a valid integer$"):
+        AutotuneConfig(candidates=(1, 2.0))
+    with pytest.raises(ValueError, match=r"^autotune repeat=3: Unexpected keyword argument$"):
+        AutotuneConfig(repeat=3)
+    assert AutotuneConfig(candidates=[1, 2]).candidates == (1, 2)  # a list is taken, as a tuple
+    config = AutotuneConfig()
+    config.calibration_tokens = 0  # assignment is not checked ...
+    with pytest.raises(ValueError, match=r"^autotune calibration_tokens=0 must be greater than or equal to 1$"):
+        config.validate()  # ... validate() is, as every entry point of auto calls it
+    assert dataclasses.asdict(QUICK)["candidates"] == (1, 2, 4)  # the bench report saves it so
 
 
 def test_break_even_acceptance_is_one_cycle_over_one_ar_forward():

@@ -1,4 +1,7 @@
-"""Sampling at T > 0: speculative modes reproduce the AR distribution (exact rejection sampling)."""
+"""Sampling at T > 0: speculative modes reproduce the AR distribution (exact rejection sampling);
+:class:`SamplingParams` refuses a bad value in one line naming it."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -115,3 +118,32 @@ def test_extreme_sampling_values_never_give_nan():
         probs = probabilities(logits, params)
         assert torch.isfinite(probs).all() and probs.sum().item() == pytest.approx(1)
         assert probs.argmax().item() == 1
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(temperature=-1.0), r"^temperature=-1.0 must be greater than or equal to 0$"),
+    (dict(temperature=float("nan")), r"^temperature=nan must be"),
+    (dict(temperature="0.5"), r"^temperature='0.5' must be a valid number$"),  # strict: text is not a number
+    (dict(top_k=-1), r"^top_k=-1 must be greater than or equal to 0$"),
+    (dict(top_k=True), r"^top_k=True must be a valid integer$"),
+    (dict(top_p=0.0), r"^top_p=0.0 must be greater than 0$"),
+    (dict(top_p=1.5), r"^top_p=1.5 must be less than or equal to 1$"),
+    (dict(topk=5), r"^topk=5: Unexpected keyword argument$"),
+])
+def test_a_bad_sampling_value_is_one_line_naming_it(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**bad)
+
+
+def test_sampling_params_are_built_like_the_frozen_dataclass_they_were():
+    params = SamplingParams(0.5, 3, 0.9)  # positional, as the model's API and the server build them
+    assert (params.temperature, params.top_k, params.top_p, params.greedy) == (0.5, 3, 0.9, False)
+    assert params.validate() is params and params == SamplingParams(temperature=0.5, top_k=3, top_p=0.9)
+    assert dataclasses.asdict(params) == {"temperature": 0.5, "top_k": 3, "top_p": 0.9}
+    assert dataclasses.replace(params, temperature=0).greedy and SamplingParams().greedy
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.temperature = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"^temperature=-2.0 must be"):  # a positional value is named too
+        SamplingParams(-2.0)
+    with pytest.raises(ValueError, match=r"^top_p=2.0 must be"):
+        dataclasses.replace(params, top_p=2.0)

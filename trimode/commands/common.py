@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from pydantic import Field
+
 from ..generation.names import MODE_NAMES
+from .config_flags import bounded
 
 MODE_CHOICES = list(MODE_NAMES)
 DTYPE_CHOICES = ["auto", "float32", "bfloat16"]  # what trimode.loading.load accepts as dtype
@@ -26,31 +29,14 @@ THREADS_HELP = (f"torch CPU threads (default: 1 for models under {SMALL_MODEL_PA
                 "otherwise torch's default: one per core, or OMP_NUM_THREADS)")
 
 
-def _number(text: str, kind: type, minimum, what: str):
-    """Parse ``text`` as ``kind`` and require it to be >= ``minimum`` (an argparse type)."""
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if not value >= minimum:  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
-    return value
+positive_int = bounded(int, Field(ge=1).metadata)
+"""An argparse type: an integer >= 1 (``'x' is not an integer``, ``0 must be >= 1``)."""
 
 
-def positive_int(text: str) -> int:
-    return _number(text, int, 1, "an integer")
-
-
-def non_negative_int(text: str) -> int:
-    return _number(text, int, 0, "an integer")
-
-
-def non_negative_float(text: str) -> float:
-    return _number(text, float, 0, "a number")
-
-
-def probability(text: str) -> float:
-    """A number in (0, 1] (a confidence threshold)."""
+def threshold_value(text: str) -> float | None:
+    """A confidence threshold in (0, 1], or 'none' for the fixed schedule (an argparse type)."""
+    if text.lower() == "none":
+        return None
     try:
         value = float(text)
     except ValueError:
@@ -58,11 +44,6 @@ def probability(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
     return value
-
-
-def threshold_value(text: str) -> float | None:
-    """A confidence threshold in (0, 1], or 'none' for the fixed schedule."""
-    return None if text.lower() == "none" else probability(text)
 
 
 # ---------------------------------------------------------------- the model flags

@@ -8,8 +8,11 @@ parsed arguments back into the model, by one rule:
 - field ``max_batch_size`` -> flag ``--max-batch-size``, dest ``max_batch_size``;
 - ``int`` / ``float`` (or either or None): parsed as such, the bounds checked as
   the value is parsed, so a bad value is an argument error naming the flag;
-  ``Literal``: argparse ``choices``; ``str``: as given; ``bool``:
-  ``--flag`` / ``--no-flag``;
+  ``Literal``: argparse ``choices``; ``str``: as given;
+- ``bool``: a switch (``store_true``) that sets the value its default is not:
+  ``--fast`` (default False), ``--no-plots`` (default True; help "do not" + the description);
+- ``list[X]`` / ``tuple[X, ...]`` (or either or None): a comma list (``''``: an empty
+  one), each item checked as an X (choices, bounds), ``none`` where an item may be None;
 - the default is the field's, the help its description plus ``(default: X)``
   (a field whose default is None says in its description what None means);
 - a field whose type is itself a model becomes an argument group titled by the
@@ -18,8 +21,11 @@ parsed arguments back into the model, by one rule:
 
 A command states only where its flags depart from the rule, per dotted field
 path, with a :class:`Flag` (another name, a parser of its own, a metavar, a flag
-the parser already has, or no flag at all). Building the parser imports only
-argparse and pydantic (the model's module too), never torch.
+the parser already has, or no flag at all). With ``given_only``, a flag left
+out is None and :meth:`ConfigFlags.values` returns only the flags given, so a
+command can lay them over a preset of its own (``trimode bench --quick``).
+Building the parser imports only argparse and pydantic (the model's module too),
+never torch.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import argparse
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, Mapping, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -44,7 +50,8 @@ class Flag:
     string default, so it must accept the field's default when that is a string."""
     metavar: str | None = None
     shared: bool = False
-    """The parser already has this flag (one that other commands share): read it, do not add it."""
+    """The parser already has this flag (one that other commands, or another model, share): read it, do
+    not add it. With a ``context``, :class:`ConfigFlags` adds this field's meaning to the flag's help."""
     omit: bool = False
     """No flag: the field keeps its default unless the command passes a value to :meth:`ConfigFlags.build`."""
 
@@ -60,18 +67,25 @@ class _Option:
     info: FieldInfo
     flag: Flag
     group: str | None  # path of the nested model whose group holds it; None: the parser itself
+    switch: bool  # a bool field: a store_true flag that sets the value its default is not
 
 
 class ConfigFlags:
     """The flags of ``model`` (a pydantic model class), and the model built from parsed flags.
 
     ``flags`` maps dotted field paths to :class:`Flag` where the rule does not fit (a path that is
-    not a field of the model is an error).
+    not a field of the model is an error). ``given_only``: every flag defaults to None (a switch to
+    False), meaning "not given", and :meth:`values` returns only the flags given; the help still shows
+    the field's default. ``context``, e.g. ``"with --forward-costs"``, introduces this model's meaning
+    of a shared flag in that flag's help.
     """
 
-    def __init__(self, model: type[BaseModel], flags: Mapping[str, Flag] | None = None):
+    def __init__(self, model: type[BaseModel], flags: Mapping[str, Flag] | None = None, *,
+                 given_only: bool = False, context: str | None = None):
         self.model = model
         self.flags = dict(flags or {})
+        self.given_only = given_only
+        self.context = context
         self.groups: dict[str, FieldInfo] = {}  # nested-model field path -> its field
         self.options: list[_Option] = []
         self._collect(model, prefix="", group=None)
@@ -89,24 +103,42 @@ class ConfigFlags:
                 self.groups[path] = info
                 self._collect(nested, prefix=path + ".", group=path)
                 continue
-            option = flag.name or "--" + path.replace(".", "-").replace("_", "-")
+            switch = flag.type is None and _scalar(info.annotation)[0] is bool
+            dashed = ("no-" if switch and info.default is True else "") + path.replace(".", "-").replace("_", "-")
+            option = flag.name or "--" + dashed
             dest = option.lstrip("-").replace("-", "_")
-            self.options.append(_Option(path, option, dest, info, flag, group))
+            self.options.append(_Option(path, option, dest, info, flag, group, switch))
 
     # ------------------------------------------------------------------ the parser
-    def add_to(self, parser: argparse.ArgumentParser) -> None:
-        """Add the flags (and one argument group per nested model) to ``parser``."""
+    def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        """Add the flags (and one argument group per nested model) to ``parser`` (or an argument group)."""
         containers: dict[str | None, Any] = {None: parser}
         for path, info in self.groups.items():
             containers[path] = parser.add_argument_group(info.title or path, info.description)
         for o in self.options:
-            if not (o.flag.omit or o.flag.shared):
-                containers[o.group].add_argument(o.option, **_argument(o))
+            if o.flag.shared and self.context:
+                action = parser._option_string_actions[o.option]
+                action.help = f"{action.help}; {self.context}: {_help(o)}"
+            elif not (o.flag.omit or o.flag.shared):
+                containers[o.group].add_argument(o.option, **_argument(o, self.given_only))
 
     # ------------------------------------------------------------------ the config
     def values(self, args: argparse.Namespace) -> dict[str, Any]:
-        """The parsed values of every flag, by dotted field path (fields without a flag are absent)."""
-        return {o.path: getattr(args, o.dest) for o in self.options if not o.flag.omit}
+        """The parsed values by dotted field path: every flag's, or with ``given_only`` those given
+        (fields without a flag are absent)."""
+        found = {}
+        for o in (o for o in self.options if not o.flag.omit):
+            value = getattr(args, o.dest)
+            if o.switch:  # True: given, the field takes the value its default is not
+                value = (not o.info.default) if value else None if self.given_only else o.info.default
+            if value is not None or not self.given_only:
+                found[o.path] = value
+        return found
+
+    def given(self, args: argparse.Namespace) -> list[str]:
+        """The flags of this model (shared ones aside) that the command line gave (with ``given_only``)."""
+        values = self.values(args)
+        return [o.option for o in self.options if o.path in values and not o.flag.shared]
 
     def build(self, values: Mapping[str, Any]) -> BaseModel:
         """The model from values by dotted field path (what :meth:`values` returns, plus any the command
@@ -126,25 +158,25 @@ class ConfigFlags:
         return self.build(self.values(args))
 
 
-def _argument(o: _Option) -> dict[str, Any]:
+def _argument(o: _Option, given_only: bool) -> dict[str, Any]:
     """``add_argument`` keywords of one option."""
     info, flag = o.info, o.flag
-    default = info.get_default(call_default_factory=True)
-    help = (info.description or "").replace("%", "%%")
-    if default is not None:
-        help += " (default: %(default)s)"
-    kwargs: dict[str, Any] = {"default": default, "help": help.strip()}
+    kwargs: dict[str, Any] = {"default": None if given_only else info.get_default(call_default_factory=True),
+                              "help": _help(o)}
     if flag.metavar:
         kwargs["metavar"] = flag.metavar
     kind, choices = _scalar(info.annotation)
+    items = _items(info.annotation)
     if flag.type is not None:
         kwargs["type"] = flag.type
+    elif o.switch:
+        kwargs.update(action="store_true", default=False)
+    elif items is not None:
+        kwargs["type"] = comma_list(_item_parser(items[1]), items[0])
     elif choices:
         kwargs["choices"] = list(choices)
         if not all(isinstance(c, str) for c in choices):
             kwargs["type"] = type(choices[0])
-    elif kind is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
     elif kind in (int, float):
         kwargs["type"] = bounded(kind, info.metadata)
     elif kind is not str:
@@ -152,15 +184,73 @@ def _argument(o: _Option) -> dict[str, Any]:
     return kwargs
 
 
+def _help(o: _Option) -> str:
+    """The description, with the default (a comma list for a list); a ``--no-`` switch's: "do not" + it."""
+    default = o.info.get_default(call_default_factory=True)
+    text = o.info.description or ""
+    if o.switch and default is True:
+        text = "do not " + text
+    elif not o.switch and default is not None:
+        shown = (",".join("none" if v is None else str(v) for v in default) or "''"
+                 if isinstance(default, (list, tuple)) else default)
+        text += f" (default: {shown})"
+    return text.replace("%", "%%").strip()
+
+
+def _union(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType)
+
+
 def _scalar(annotation: Any) -> tuple[Any, tuple]:
     """(type, Literal choices) of a field: ``Optional[X]`` is X; anything else must be one type."""
-    origin = get_origin(annotation)
-    if origin is Union or origin is types.UnionType:
+    if _union(annotation):
         members = [a for a in get_args(annotation) if a is not type(None)]
         return _scalar(members[0]) if len(members) == 1 else (None, ())
-    if origin is Literal:
+    if get_origin(annotation) is Literal:
         return None, get_args(annotation)
     return annotation, ()
+
+
+def _items(annotation: Any) -> tuple[type, Any] | None:
+    """(list or tuple, the item type) of a ``list[X]`` / ``tuple[X, ...]`` field (or one that may be None)."""
+    for a in get_args(annotation) if _union(annotation) else (annotation,):
+        if get_origin(a) in (list, tuple):
+            return get_origin(a), get_args(a)[0]
+    return None
+
+
+def _item_parser(annotation: Any, constraints=()) -> Callable[[str], Any]:
+    """Parses one item of a comma list: ``none`` where the item may be None, a choice, a bounded number, text."""
+    if _union(annotation):
+        (member,) = [a for a in get_args(annotation) if a is not type(None)]
+        inner = _item_parser(member, constraints)
+        return lambda text: None if text.lower() == "none" else inner(text)
+    if get_origin(annotation) is Annotated:
+        inner, *extra = get_args(annotation)
+        return _item_parser(inner, [c for e in extra for c in (e.metadata if isinstance(e, FieldInfo) else [e])])
+    if get_origin(annotation) is Literal:
+        choices = {str(c): c for c in get_args(annotation)}
+
+        def choice(text: str):
+            if text not in choices:
+                raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+            return choices[text]
+
+        return choice
+    if annotation in (int, float):
+        return bounded(annotation, constraints)
+    if annotation is str:
+        return str
+    raise TypeError(f"no command-line type for list items of type {annotation!r}")
+
+
+def comma_list(item: Callable[[str], Any], container: type = list) -> Callable[[str], Any]:
+    """An argparse type: comma-separated ``item`` values ('' = none), as a ``container``."""
+
+    def parse(text: str):
+        return container(item(t.strip()) for t in text.split(",") if t.strip())
+
+    return parse
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:

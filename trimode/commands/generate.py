@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import Field
+
 from .common import (
     MODE_CHOICES,
     STAT_COLUMNS,
     STATS_LEGEND,
     add_model_arguments,
     load_model,
-    non_negative_float,
     positive_int,
     stats_row,
     stats_table,
     threshold_value,
 )
+from .config_flags import bounded
 
 
 def register(sub) -> None:
@@ -28,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=threshold_value, default=argparse.SUPPRESS,
                    help="diffusion confidence threshold in (0, 1], or 'none' (default: config)")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="new tokens (default: %(default)s)")
-    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=bounded(float, Field(ge=0).metadata), default=0.0,
+                   help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", action="store_true", default=None,

@@ -28,51 +28,12 @@ Design choices:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
-from ..generation.names import MODE_NAMES
+from .bench_config import EvalConfig
 from .environment import environment
 from .metrics import RunRecord, identical_share, summarize, timed_decode
 from .prompts import task_prompt_set, trained_families
-
-
-@dataclass
-class EvalConfig:
-    """What ``trimode eval`` runs."""
-
-    n_tasks: int = 48
-    """Held-out tasks (families round-robin, so 8 per family by default)."""
-    seed: int = 0
-    """Seed of the task generator."""
-    families: list[str] | None = None
-    """Task families (None: those the model was trained on, else all)."""
-    modes: list[str] = field(default_factory=lambda: list(MODE_NAMES))
-    """Decoding modes to evaluate (AR always runs: it is the reference)."""
-    block_length: int | None = None
-    """Block length of diffusion and the speculative modes (None: the model's config)."""
-    thresholds: list[float | None] | None = None
-    """Diffusion thresholds, one setting each (None: the config's threshold; None inside: fixed schedule)."""
-    max_new_tokens: int | None = None
-    """Generation cap (None: longest answer + 16)."""
-    batch_size: int = 8
-    """Tasks per decoding call."""
-
-    def validate(self) -> "EvalConfig":
-        if self.n_tasks < 1:
-            raise ValueError(f"n_tasks={self.n_tasks} must be >= 1")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
-        bad = [m for m in self.modes if m not in MODE_NAMES]
-        if bad or not self.modes:
-            raise ValueError(f"modes={self.modes!r}: each must be one of {', '.join(MODE_NAMES)}")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError(f"block_length={self.block_length} must be >= 1")
-        for t in self.thresholds or []:
-            if t is not None and not 0 < t <= 1:
-                raise ValueError(f"threshold {t} must be in (0, 1], or None for the fixed schedule")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        return self
 
 
 def quick_config(**overrides) -> EvalConfig:
@@ -203,7 +164,7 @@ def evaluate(model, tokenizer, config: EvalConfig | None = None) -> dict:
             per_task[t.id][s.label] = {"correct": bool(sc), "identical_to_ar": g == ref}
             if not sc:
                 per_task[t.id][s.label]["output"] = text
-    return {"kind": "eval", "environment": environment(model), "config": asdict(config),
+    return {"kind": "eval", "environment": environment(model), "config": config.model_dump(),
             "prompt_set": prompt_set.description, "max_new_tokens": max_new, "note": note, "rows": rows,
             "tasks": per_task,
             "elapsed_s": time.perf_counter() - started}

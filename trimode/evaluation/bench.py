@@ -183,7 +183,7 @@ def _warm_up(run: _BenchRun) -> None:
 def _run_info(run: _BenchRun, env: dict, model_name: str) -> dict:
     """The head of the result: model, environment, config, and the settings every section shares."""
     cfg = run.model.config
-    return {"kind": "bench", "model": model_name, "environment": env, "config": _config_dict(run.config),
+    return {"kind": "bench", "model": model_name, "environment": env, "config": run.config.model_dump(),
             "model_info": {"parameters": sum(p.numel() for p in run.model.parameters()),
                            "block_size": cfg.block_size, "threshold": cfg.threshold,
                            "max_position_embeddings": cfg.max_position_embeddings,
@@ -383,10 +383,6 @@ def _block_sweep_row(run: _BenchRun, s: Setting, recs: dict[str, list[RunRecord]
 def _has_drafter(model) -> bool:
     named = getattr(model, "named_parameters", None)
     return named is not None and any("lora_" in name for name, _ in named())
-
-
-def _config_dict(config: BenchConfig) -> dict:
-    return asdict(config)
 
 
 def write_bench_report(result: dict, out_dir: str | Path, command: str, plots: bool = True) -> list[Path]:

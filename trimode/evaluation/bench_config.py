@@ -1,91 +1,200 @@
-"""What ``trimode bench`` measures: :class:`BenchConfig` and the seconds-long :func:`quick_config`.
+"""What ``trimode bench`` and ``trimode eval`` run: :class:`BenchConfig` (and the seconds-long
+:func:`quick_config`), :class:`CurveConfig` (``bench --forward-costs``), :class:`EvalConfig` and
+:class:`HumanEvalConfig` (``eval --humaneval``).
 
-Kept apart from the runner (:mod:`.bench`) so the options can be read, built and
-validated without the sections that use them; :mod:`.bench` re-exports both names.
+Each is a pydantic model, the one declaration of its settings (type, default, bounds, choices,
+description): the commands generate their flags from the fields (:mod:`trimode.commands.config_flags`)
+and the reports save ``model_dump()``. A config is checked when built, strictly (``"8"`` is not an
+integer), unknown fields refused; :meth:`HarnessConfig.validate` checks it again after assignments. A
+bad value raises :class:`~trimode.serving.config.ConfigError`, one line naming the field, the value and
+what is allowed. No torch is imported here (the command line builds its parsers from this module); the
+modules that run the configs re-export them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Optional, get_args, get_origin
 
-from ..generation.autotune import AutotuneConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from ..generation.names import MODE_NAMES
+from ..serving.config import ConfigError, allowed, describe_errors
 from .prompts import PROMPT_SETS
+
+# Spelled out here, where no torch is imported: trimode.generation.forward_timing's KINDS and
+# DEFAULT_PREFIX_TOKENS (tests/evaluation/test_forward_costs.py checks they agree).
+FORWARD_KINDS = ("write", "peek", "quadratic")
+CURVE_PREFIX_TOKENS = 200
+DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
+QUICK_KS = (1, 2, 4, 8)
+N_PROBLEMS = 164  # problems in HumanEval
+# HumanEval's new tokens per problem: room for nearly every canonical solution (most are well under 150 tokens).
+DEFAULT_MAX_NEW_TOKENS = 192
+# Seconds one HumanEval check may run: the tests take milliseconds; the rest is interpreter start-up on a busy machine.
+DEFAULT_TIMEOUT_S = 5.0
+PROMPT_FORMATS = ("auto", "raw", "chat")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Threshold = Annotated[float, Field(gt=0, le=1)]
+Mode = Literal[MODE_NAMES]  # type: ignore[valid-type]
+
+
+class HarnessConfig(BaseModel):
+    """Base of the harness's configs: strict, unknown fields refused, every failure one ConfigError line."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    def __init__(self, **values: Any):
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(describe(type(self), e.errors(), values), e.errors()) from None
+
+    def validate(self):  # type: ignore[override]  (pydantic v1's classmethod of that name)
+        """Check the config again (assigning a field does not); returns ``self``."""
+        type(self)(**{name: getattr(self, name) for name in type(self).model_fields})
+        return self
+
+
+def describe(model: type[BaseModel], errors: list[dict], values: dict) -> str:
+    """The errors as one line, worded as :func:`trimode.serving.config.describe_errors` words them, except
+    that a list field's shows the whole list and what each of its items may be."""
+    lines: dict[str, str] = {}
+    for err in errors:
+        name = next(iter(err["loc"]), "")
+        info = model.model_fields.get(name)
+        if info is None or err["type"] in ("value_error", "extra_forbidden") or _sequence(info.annotation) is None:
+            text = describe_errors(model, [err])
+        else:
+            size = "a non-empty list" if any(getattr(m, "min_length", 0) for m in info.metadata) else "a list"
+            none = " (or None)" if type(None) in get_args(info.annotation) else ""
+            item = allowed(get_args(_sequence(info.annotation))[0])
+            text = f"{name}={values.get(name)!r} must be {size}{none}, each item {item}"
+        lines.setdefault(text if err["type"] == "value_error" else name, text)
+    return "; ".join(lines.values())
+
+
+def _sequence(annotation: Any) -> Any:
+    """The ``list[X]`` / ``tuple[X, ...]`` of a field's type (Optional or not), or None."""
+    return next((a for a in (annotation, *get_args(annotation)) if get_origin(a) in (list, tuple)), None)
+
+
+def _default_autotune_config():
+    from ..generation.autotune import AutotuneConfig  # torch: when a config is built, not for --help
+
+    return AutotuneConfig()
 
 
 # The defaults are sized for a run of a few minutes with a model of a few million parameters on
 # a 2-core CPU; --quick (quick_config) shrinks every size for tests and smoke runs.
-@dataclass
-class BenchConfig:
+class BenchConfig(HarnessConfig):
     """What ``trimode bench`` measures."""
 
-    prompt_sets: list[str] = field(default_factory=lambda: ["tasks", "code"])
-    """Prompt sets: held-out task prompts and/or held-out code prefixes."""
-    n_prompts: int = 6
-    """Prompts per set in the main table."""
-    sweep_prompts: int = 4
-    """Task prompts used by the sweeps and the auto block length (the first of the set)."""
-    seed: int = 0
-    """Seed of the prompt sets."""
-    max_new_tokens: int = 64
-    """New tokens per prompt (rows also stop at EOS)."""
-    code_prompt_tokens: int = 64
-    """Length of each code prompt, in tokens."""
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
-    """Batch sizes of the main table."""
-    modes: list[str] = field(default_factory=lambda: list(MODE_NAMES))
-    """Modes of the main table (AR always runs: it is the reference)."""
-    block_length: int | None = None
-    """Block length of the main table (None: the model's config)."""
-    threshold: float | None = None
-    """Diffusion threshold of the main table (None: the model's config)."""
-    thresholds: list[float | None] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9, 0.95])
-    """Diffusion thresholds of the threshold sweep (None: fixed schedule). Empty: no sweep."""
-    block_lengths: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
-    """Block lengths of the block sweep. Empty: no sweep."""
-    quadratic_max_block: int = 8
-    """Largest block the quadratic mode runs in the sweep (its forward is B*(B+1) tokens)."""
-    baseline: bool = True
-    """Time transformers generate() on the same weights."""
-    sol: bool = True
-    """Compute the SOL (oracle) TPF."""
-    autotune: bool = True
-    """Pick the block length with block_length='auto' and measure its gain."""
-    autotune_config: AutotuneConfig = field(default_factory=AutotuneConfig)
-    repeats: int = 1
-    """Timed rounds per batch of prompts (interleaved); more rounds, less noise."""
-    warmup: bool = True
-    """One short untimed call per engine first."""
-    plots: bool = True
-    """Write PNG plots (matplotlib)."""
+    prompt_sets: list[Literal[PROMPT_SETS]] = Field(  # type: ignore[valid-type]
+        ["tasks", "code"], min_length=1, description="comma list of prompt sets: tasks (held-out task prompts), "
+        "code (held-out code prefixes), humaneval (needs pip install -e \".[humaneval]\")")
+    n_prompts: int = Field(6, ge=1, description="prompts per set in the main table")
+    sweep_prompts: int = Field(4, ge=1, description="task prompts (the first of the set) for the sweeps and the "
+                                                    "auto block length")
+    seed: int = Field(0, description="seed of the prompt sets")
+    max_new_tokens: int = Field(64, ge=1, description="new tokens per prompt (rows also stop at EOS)")
+    code_prompt_tokens: int = Field(64, ge=1, description="tokens per code prompt")
+    batch_sizes: list[PositiveInt] = Field([1, 4], min_length=1, description="batch sizes of the main table, comma list")
+    modes: list[Mode] = Field(list(MODE_NAMES), min_length=1, description="modes of the main table, comma list "
+                                                                          "(AR always runs: it is the reference)")
+    block_length: Optional[int] = Field(None, ge=1, description="block length of the main table (default: the "
+                                                                "model config's)")
+    threshold: Optional[float] = Field(
+        None, gt=0, le=1, description="diffusion threshold in (0, 1] of the main table (default: the model "
+                                      "config's; the fixed schedule is in the sweep: --thresholds none)")
+    thresholds: list[Optional[Threshold]] = Field(
+        [0.3, 0.5, 0.7, 0.9, 0.95], description="diffusion thresholds of the threshold sweep, comma list; none = "
+                                                "the fixed schedule, '' = no sweep")
+    block_lengths: list[PositiveInt] = Field([2, 4, 8, 16, 32], description="block lengths of the block-length "
+                                                                            "sweep, comma list; '' = no sweep")
+    quadratic_max_block: int = Field(8, ge=1, description="largest block the quadratic mode runs in the sweep (its "
+                                                          "forward is B*(B+1) tokens)")
+    baseline: bool = Field(True, description="time transformers generate() on the same weights")
+    sol: bool = Field(True, description="compute the SOL (oracle) TPF")
+    autotune: bool = Field(True, description="pick the block length with block_length=\"auto\" and measure its gain")
+    autotune_config: Any = Field(default_factory=_default_autotune_config,
+                                 description="how auto measures (trimode.generation.autotune.AutotuneConfig)")
+    repeats: int = Field(1, ge=1, description="timed rounds per batch of prompts, interleaved; more = less noise")
+    warmup: bool = Field(True, description="make one short untimed call per engine first")
+    plots: bool = Field(True, description="write PNG plots (matplotlib)")
 
-    def validate(self) -> "BenchConfig":
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(msg)
+    @model_validator(mode="after")
+    def _autotune_config(self) -> "BenchConfig":
+        from ..generation.autotune import AutotuneConfig
 
-        need(bool(self.prompt_sets) and all(p in PROMPT_SETS for p in self.prompt_sets),
-             f"prompt_sets={self.prompt_sets!r}: each must be one of {', '.join(PROMPT_SETS)}")
-        need(bool(self.modes) and all(m in MODE_NAMES for m in self.modes),
-             f"modes={self.modes!r}: each must be one of {', '.join(MODE_NAMES)}")
-        for name in ("n_prompts", "sweep_prompts", "max_new_tokens", "code_prompt_tokens", "quadratic_max_block",
-                     "repeats"):
-            need(getattr(self, name) >= 1, f"{name}={getattr(self, name)!r} must be >= 1")
-        need(bool(self.batch_sizes) and all(b >= 1 for b in self.batch_sizes),
-             f"batch_sizes={self.batch_sizes!r} must be positive integers")
-        need(all(b >= 1 for b in self.block_lengths), f"block_lengths={self.block_lengths!r} must be >= 1")
-        need(self.block_length is None or self.block_length >= 1, f"block_length={self.block_length} must be >= 1")
-        for t in list(self.thresholds) + [self.threshold]:
-            need(t is None or 0 < t <= 1, f"threshold {t} must be in (0, 1] (or none for the fixed schedule)")
+        if not isinstance(self.autotune_config, AutotuneConfig):
+            raise ValueError(f"autotune_config={self.autotune_config!r} must be an AutotuneConfig")
         self.autotune_config.validate()
         return self
 
 
 def quick_config(**overrides) -> BenchConfig:
     """A seconds-long configuration (tests, smoke runs): same sections, tiny sizes."""
+    from ..generation.autotune import AutotuneConfig
+
     kw = dict(n_prompts=2, sweep_prompts=2, max_new_tokens=12, code_prompt_tokens=24, batch_sizes=[1, 2],
               thresholds=[0.5, 0.9], block_lengths=[2, 4], quadratic_max_block=4,
               autotune_config=AutotuneConfig(candidates=(1, 2, 4), diffusion_candidates=(1, 2, 4), repeats=3,
                                              time_budget=0.2, calibration_tokens=12))
     kw.update(overrides)
     return BenchConfig(**kw)
+
+
+class CurveConfig(HarnessConfig):
+    """What ``trimode bench --forward-costs`` measures (:mod:`.forward_costs`)."""
+
+    ks: tuple[PositiveInt, ...] = Field(
+        DEFAULT_KS, min_length=1, description=f"k values: new tokens per forward, comma list (--quick: "
+        f"{','.join(map(str, QUICK_KS))}; k=1 is always measured: the ratios are to it)")
+    kinds: tuple[Literal[FORWARD_KINDS], ...] = Field(  # type: ignore[valid-type]
+        ("write",), min_length=1, description="forward kinds, comma list: write (causal, appends: AR and "
+        "verification), peek (bidirectional block, drafter on: drafting), quadratic (quadratic-spec's k + k*k tokens)")
+    prefix_tokens: int = Field(CURVE_PREFIX_TOKENS, ge=1, description="cached tokens before the k new ones; the "
+                                                                      "default is the prefix auto reads")
+    repeats: int = Field(9, ge=1, description="timed rounds per k, after one untimed warm-up round")
+    bandwidth_bytes: int = Field(256 * 2**20, ge=1, description="size of the buffer the bandwidth copy moves")
+    bandwidth_repeats: int = Field(5, ge=1, description="bandwidth copies timed (the fastest counts)")
+    seed: int = Field(0, description="seed of the random tokens timed")
+
+
+def quick_curve_config(**overrides) -> CurveConfig:
+    """``trimode bench --forward-costs --quick``: fewer k values, a smaller bandwidth copy."""
+    return CurveConfig(**{"ks": QUICK_KS, "bandwidth_bytes": 64 * 2**20, **overrides})
+
+
+class EvalConfig(HarnessConfig):
+    """What ``trimode eval`` runs."""
+
+    n_tasks: int = Field(48, ge=1, description="held-out tasks (families round-robin)")
+    seed: int = Field(0, description="seed of the task prompts")
+    families: Optional[list[str]] = Field(None, description="comma list of task families (default: those the model "
+                                                            "was trained on, else all)")
+    modes: list[Mode] = Field(list(MODE_NAMES), min_length=1, description="comma list of modes (AR always runs: it "
+                                                                          "is the reference)")
+    block_length: Optional[int] = Field(None, ge=1, description="block length of diffusion and the speculative "
+                                                                "modes (default: the model config's)")
+    thresholds: Optional[list[Optional[Threshold]]] = Field(
+        None, description="diffusion thresholds, one setting each, comma list; none = the fixed schedule "
+                          "(default: the model config's)")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="generation cap (default: the longest answer + 16)")
+    batch_size: int = Field(8, ge=1, description="tasks per decoding call")
+
+
+class HumanEvalConfig(HarnessConfig):
+    """What the HumanEval part of ``trimode eval`` runs (:mod:`.humaneval`)."""
+
+    n_problems: int = Field(N_PROBLEMS, ge=1, le=N_PROBLEMS, description="the first n_problems HumanEval problems")
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="generation cap per problem (lowered, and "
+                                "said so, where the model's context is shorter)")
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="seconds one check may run before its process "
+                                                                  "group is killed (a timeout, not a pass)")
+    workers: int = Field(2, ge=1, description="checks run at once (the distinct completions of one problem)")
+    prompt_format: Literal[PROMPT_FORMATS] = Field(  # type: ignore[valid-type]
+        "auto", description="HumanEval prompts: raw (plain completion), chat (the function in a chat request; the "
+                            "reply's code block is checked), auto (chat for a chat model such as trimode-smol, "
+                            "else raw)")

@@ -33,7 +33,6 @@ from typing import Callable
 import torch
 
 from ..generation.forward_timing import (
-    DEFAULT_PREFIX_TOKENS,
     KINDS,
     CostStore,
     Key,
@@ -42,8 +41,8 @@ from ..generation.forward_timing import (
     synchronize,
     time_forwards,
 )
+from .bench_config import CurveConfig
 
-DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
 BANDWIDTH_CONVENTION = ("a copy of a float32 buffer on the model's device with the process's torch threads; "
                         "GB/s = (bytes read + bytes written) / seconds of the fastest copy, 1 GB = 1e9 bytes")
 
@@ -101,42 +100,9 @@ def machine_facts(model, model_name: str | None = None) -> dict:
 
 
 # ---------------------------------------------------------------- the curve
-@dataclass
-class CurveConfig:
-    """What ``trimode bench --forward-costs`` measures."""
-
-    ks: tuple[int, ...] = DEFAULT_KS
-    """New tokens per forward (k = 1 is always added: it is the reference of the ratios)."""
-    kinds: tuple[str, ...] = ("write",)
-    """Forward kinds: write, peek, quadratic."""
-    prefix_tokens: int = DEFAULT_PREFIX_TOKENS
-    """Cached tokens every forward attends to."""
-    repeats: int = 9
-    """Timed rounds (samples per point), after one untimed warm-up round."""
-    bandwidth_bytes: int = 256 * 2**20
-    """Size of the buffer the bandwidth copy moves."""
-    bandwidth_repeats: int = 5
-    seed: int = 0
-
-    def validate(self) -> "CurveConfig":
-        check_ks(self.ks)
-        bad = [kind for kind in self.kinds if kind not in KINDS]
-        if not self.kinds or bad:
-            raise ValueError(f"forward kinds {list(self.kinds)!r}: each must be one of {', '.join(KINDS)}")
-        for name in ("prefix_tokens", "repeats", "bandwidth_bytes", "bandwidth_repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
-        return self
-
-
 def check_ks(ks) -> list[int]:
-    """``ks`` sorted with 1 added, or a ValueError that says what is allowed."""
-    ks = list(ks)
-    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or k < 1]
-    if not ks or bad:
-        raise ValueError(f"k values must be positive integers (new tokens per forward, e.g. "
-                         f"{','.join(map(str, DEFAULT_KS))}); got {bad[0] if bad else 'none'!r}")
-    return sorted(set(ks) | {1})
+    """``ks`` sorted with 1 added, or a ValueError that says what is allowed (as :class:`CurveConfig` does)."""
+    return sorted(set(CurveConfig(ks=tuple(ks)).ks) | {1})
 
 
 def _plan(model, config: CurveConfig) -> tuple[list[Key], list[dict]]:

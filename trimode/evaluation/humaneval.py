@@ -34,22 +34,13 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..tokenization import chat_prompt_ids
+from .bench_config import DEFAULT_TIMEOUT_S, N_PROBLEMS, HumanEvalConfig
 from .metrics import RunRecord, agreement, identical_share, mean_agreement, summarize
 from .prompts import is_chat_model, load_problems
-
-N_PROBLEMS = 164
-"""Problems in HumanEval."""
-# Sized to leave room for nearly every canonical solution (most are well under 150 tokens).
-DEFAULT_MAX_NEW_TOKENS = 192
-"""New tokens per problem."""
-# The tests take milliseconds; the rest of the budget is interpreter start-up on a busy machine.
-DEFAULT_TIMEOUT_S = 5.0
-"""Seconds one check may run."""
 
 # The standard HumanEval stop sequences (a new top-level statement ends the function body), plus the end
 # of a markdown code block, which chat-tuned models emit after the code. "\n#" is not one: a comment at
@@ -57,7 +48,6 @@ DEFAULT_TIMEOUT_S = 5.0
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n```")
 
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
-PROMPT_FORMATS = ("auto", "raw", "chat")
 # The request a chat model gets: the function to complete, in a code block, as instruction-tuned
 # models are evaluated on HumanEval (the reply's code is then checked like a completion).
 CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function in one Python code "
@@ -68,35 +58,6 @@ Log = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass
-class HumanEvalConfig:
-    """What the HumanEval part of ``trimode eval`` runs."""
-
-    n_problems: int = N_PROBLEMS
-    """The first ``n_problems`` HumanEval problems."""
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    """Generation cap per problem (lowered, and said so, where the model's context is shorter)."""
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    """Seconds one check may run before its process group is killed (counted as a timeout, not a pass)."""
-    workers: int = 2
-    """Checks run at once (the distinct completions of one problem)."""
-    prompt_format: str = "auto"
-    """``raw`` (plain completion), ``chat`` (a request in the chat template), or ``auto`` (chat for a chat model)."""
-
-    def validate(self) -> "HumanEvalConfig":
-        if not 1 <= self.n_problems <= N_PROBLEMS:
-            raise ValueError(f"HumanEval has {N_PROBLEMS} problems; asked for {self.n_problems}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s={self.timeout_s} must be > 0")
-        if self.workers < 1:
-            raise ValueError(f"workers={self.workers} must be >= 1")
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt_format={self.prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
-        return self
 
 
 # ---------------------------------------------------------------- problems and completions
@@ -202,7 +163,7 @@ def evaluate_humaneval(model, tokenizer, settings: list, config: HumanEvalConfig
     references = [r.generated[0] for r in records[settings[0].label]]
     rows = [_setting_row(s, records[s.label], statuses[s.label], references, ar_requested or s.mode != "ar")
             for s in settings]
-    return {"benchmark": "HumanEval", "n_problems": len(problems), "config": asdict(config),
+    return {"benchmark": "HumanEval", "n_problems": len(problems), "config": config.model_dump(),
             "prompt_format": "chat" if chat else "raw",
             "stop_sequences": list(STOP_SEQUENCES), "note": note, "rows": rows, "problems": details,
             "elapsed_s": time.perf_counter() - started}

@@ -93,7 +93,11 @@ AR returns 1 (it has no block). Everything is injectable for tests:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, Strict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from . import forward_timing as timing
 from .block_choice import (
@@ -109,53 +113,45 @@ from .block_choice import (
 )
 from .calibration import AcceptanceProfile, measure_profile, sampled_prompts
 from .forward_timing import DEFAULT_PREFIX_TOKENS, CostStore
+from .sampling import one_line_errors
 
 _CACHE_ATTR = "_trimode_autotune"
 
 
-@dataclass
+_BlockLengths = tuple[Annotated[int, Strict(), Field(ge=1)], ...]  # a list is taken too; its items must be integers
+
+
+@one_line_errors("autotune ")
+@pydantic_dataclass(config=ConfigDict(strict=True, extra="forbid"))
 class AutotuneConfig:
-    """How ``auto`` measures.
+    """How ``auto`` measures; checked when built, and by :meth:`validate` after fields were assigned.
 
     The forward costs are measured once per model and machine (then read from disk), within
     ``time_budget``; the calibration runs once per process and mode (diffusion, one run per
     candidate, the longest).
     """
 
-    candidates: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-    """Block lengths considered for the speculative modes (capped by the context length)."""
-    diffusion_candidates: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    """Block lengths considered for diffusion (each one is a calibration run, so fewer)."""
-    prefix_tokens: int = DEFAULT_PREFIX_TOKENS
-    """Cached prefix the cost forwards attend to (prompt-sized; the curve's default, so that auto reads
-    the points ``trimode bench --forward-costs`` measured)."""
-    repeats: int = 7
-    """Timed rounds per (kind, k); the fastest is kept."""
-    time_budget: float = 1.5
-    """Seconds after which cost rounds stop (at least 3 rounds always run)."""
-    max_quadratic_tokens: int = 72
-    """Cap on the quadratic forward width B*(B+1)."""
-    calibration_prompts: int = 2
-    """Generic prompts when no calibration was given."""
-    calibration_tokens: int = 32
-    """New tokens per calibration run."""
-    seed: int = 0
-    margin: float = DEFAULT_MARGIN
-    """Relative tokens/s below the best within which the smallest block is chosen (module docstring)."""
-    persist: bool = True
-    """Read and write the forward costs and calibration timings on disk (:class:`.forward_timing.CostStore`)."""
+    candidates: _BlockLengths = Field((1, 2, 3, 4, 6, 8, 12, 16, 24, 32), min_length=1, strict=False, description=(
+        "block lengths considered for the speculative modes (capped by the context length)"))
+    diffusion_candidates: _BlockLengths = Field((1, 2, 4, 8, 16, 32), min_length=1, strict=False, description=(
+        "block lengths considered for diffusion (each one is a calibration run, so fewer)"))
+    prefix_tokens: int = Field(DEFAULT_PREFIX_TOKENS, ge=1, description=(
+        "cached prefix the cost forwards attend to (prompt-sized; the curve's default, so that auto reads the "
+        "points `trimode bench --forward-costs` measured)"))
+    repeats: int = Field(7, ge=1, description="timed rounds per (kind, k); the fastest is kept")
+    time_budget: float = Field(1.5, description="seconds after which cost rounds stop (at least 3 rounds always run)")
+    max_quadratic_tokens: int = Field(72, ge=1, description="cap on the quadratic forward width B*(B+1)")
+    calibration_prompts: int = Field(2, ge=1, description="generic prompts when no calibration was given")
+    calibration_tokens: int = Field(32, ge=1, description="new tokens per calibration run")
+    seed: int = Field(0, description="seed of the generic calibration prompts and the cost forwards' inputs")
+    margin: float = Field(DEFAULT_MARGIN, ge=0, lt=1, description=(
+        "relative tokens/s below the best within which the smallest block is chosen (module docstring)"))
+    persist: bool = Field(True, description=(
+        "read and write the forward costs and calibration timings on disk (forward_timing.CostStore)"))
 
     def validate(self) -> "AutotuneConfig":
-        for name in ("candidates", "diffusion_candidates"):
-            values = getattr(self, name)
-            if not values or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in values):
-                raise ValueError(f"autotune {name}={values!r} must be positive integers")
-        for name in ("prefix_tokens", "repeats", "max_quadratic_tokens", "calibration_prompts",
-                     "calibration_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"autotune {name}={getattr(self, name)!r} must be >= 1")
-        if not 0 <= self.margin < 1:
-            raise ValueError(f"autotune margin={self.margin!r} must be in [0, 1)")
+        """Check the fields again (assignment does not); returns ``self``."""
+        replace(self)
         return self
 
 

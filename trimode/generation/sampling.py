@@ -9,29 +9,66 @@ Speculative acceptance works on the whole batch at once, on the device
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from typing import Optional
 
 import torch
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+def one_line_errors(label: str = ""):
+    """Class decorator of a pydantic dataclass: a bad value raises a one-line ``ValueError``,
+    ``<label>field=value must be <what is allowed>`` per bad field, not pydantic's multi-line report."""
+
+    def decorate(cls):
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kwargs):
+            try:
+                init(self, *args, **kwargs)
+            except ValidationError as e:
+                raise ValueError(label + _one_line(e, list(cls.__pydantic_fields__))) from None
+
+        cls.__init__ = __init__
+        return cls
+
+    return decorate
+
+
+def _one_line(error: ValidationError, fields: list[str]) -> str:
+    """pydantic's errors as one line, the first per field: ``top_p=0.0 must be greater than 0``,
+    ``candidates[0]=0 must be greater than or equal to 1`` (an item of a sequence). ``fields``: the
+    field names in order (an error of a positional argument is located by its index)."""
+    lines: dict[object, str] = {}
+    for err in error.errors(include_url=False):
+        head, *rest = err["loc"] or ("value",)
+        if isinstance(head, int):
+            head = fields[head] if head < len(fields) else f"argument {head + 1}"
+        shown = head + "".join(f"[{part}]" for part in rest) + f"={err['input']!r}"
+        message = err["msg"].removeprefix("Value error, ")
+        rule = message.removeprefix("Input should be ")
+        lines.setdefault(head, f"{shown} must be {rule}" if rule != message else f"{shown}: {message}")
+    return "; ".join(lines.values())
+
+
+@one_line_errors()
+@dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
 class SamplingParams:
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
+    """How tokens are drawn from the logits; checked when built (strict: ``True`` is not a number)."""
+
+    temperature: float = Field(0.0, ge=0, description="softmax temperature; 0 = greedy (argmax)")
+    top_k: Optional[int] = Field(None, ge=0, description="keep only the k most likely tokens (0 or None = off)")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="keep the most likely tokens whose probability "
+                                                                 "mass reaches top_p (None = off)")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
     def validate(self) -> "SamplingParams":
-        t, k, p = self.temperature, self.top_k, self.top_p
-        if not isinstance(t, (int, float)) or t < 0 or t != t:
-            raise ValueError(f"temperature={t!r} must be a number >= 0 (0 = greedy)")
-        if k is not None and (not isinstance(k, int) or k < 0):
-            raise ValueError(f"top_k={k!r} must be a non-negative integer (0 or None = off)")
-        if p is not None and (not isinstance(p, (int, float)) or not 0 < p <= 1):
-            raise ValueError(f"top_p={p!r} must be in (0, 1] (None = off)")
+        """``self``: the values were checked when it was built (it is frozen)."""
         return self
 
 
