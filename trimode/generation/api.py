@@ -90,13 +90,21 @@ def _threshold(value, config) -> float | None:
 
 
 class DecodingMixin:
-    """``ar_generate``, ``generate`` (block diffusion), ``linear_spec_generate``, ``quadratic_spec_generate``."""
+    """``ar_generate``, ``generate`` (block diffusion), ``linear_spec_generate``, ``quadratic_spec_generate``.
+
+    Every decoder takes ``trace=``: a callable given one :class:`~trimode.generation.trace.TraceEvent`
+    per forward (a :class:`~trimode.generation.trace.Trace` collects them); tokens are the same with
+    or without it.
+    """
 
     last_generation_stats = None
 
     def _decode(self, mode: str, prompt_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
                 temperature=0.0, top_p=None, top_k=None, generator=None, block_length=1,
-                threshold=None, steps=None, return_stats=False):
+                threshold=None, steps=None, return_stats=False, trace=None):
+        if trace is not None and not callable(trace):
+            raise ValueError(f"trace must be a callable taking a TraceEvent (e.g. a trimode.generation.trace.Trace), "
+                             f"got {type(trace).__name__}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -113,7 +121,7 @@ class DecodingMixin:
             threshold=threshold,
             steps=steps,
         )
-        run = decode(self, prompts, STRATEGIES[mode](), request)
+        run = decode(self, prompts, STRATEGIES[mode](), request, trace=trace)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else (
             min(request.eos_token_ids) if request.eos_token_ids else 0)
         out = run.output_ids(pad)
@@ -123,17 +131,18 @@ class DecodingMixin:
     @torch.no_grad()
     def ar_generate(self, prompt_ids, max_new_tokens: int = 128, eos_token_id=None, temperature: float = 0.0,
                     top_p: float | None = None, top_k: int | None = None,
-                    generator: torch.Generator | None = None, attention_mask=None, return_stats: bool = False):
+                    generator: torch.Generator | None = None, attention_mask=None, return_stats: bool = False,
+                    trace=None):
         """Autoregressive decoding: one causal forward per token (the reference)."""
         return self._decode("ar", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
-                            generator=generator, return_stats=return_stats)
+                            generator=generator, return_stats=return_stats, trace=trace)
 
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                  threshold=_FROM_CONFIG, eos_token_id=None, temperature: float = 0.0,
                  top_p: float | None = None, top_k: int | None = None, generator: torch.Generator | None = None,
-                 steps: int | None = None, attention_mask=None, return_stats: bool = False):
+                 steps: int | None = None, attention_mask=None, return_stats: bool = False, trace=None):
         """Block diffusion: denoise blocks of ``block_length`` tokens in parallel.
 
         ``threshold`` (default: ``config.threshold``, 0.9): commit every masked position
@@ -144,29 +153,29 @@ class DecodingMixin:
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
                             generator=generator, block_length=_block_length(block_length, self, "diffusion"),
                             threshold=_threshold(threshold, self.config), steps=steps,
-                            return_stats=return_stats)
+                            return_stats=return_stats, trace=trace)
 
     @torch.no_grad()
     def linear_spec_generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                              eos_token_id=None, temperature: float = 0.0, top_p: float | None = None,
                              top_k: int | None = None, generator: torch.Generator | None = None,
-                             attention_mask=None, return_stats: bool = False):
+                             attention_mask=None, return_stats: bool = False, trace=None):
         """Linear self-speculation: diffusion draft (LoRA drafter on) + causal verify; lossless."""
         return self._decode("linear-spec", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
                             generator=generator, block_length=_block_length(block_length, self, "linear-spec"),
-                            return_stats=return_stats)
+                            return_stats=return_stats, trace=trace)
 
     @torch.no_grad()
     def quadratic_spec_generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                                 eos_token_id=None, temperature: float = 0.0, top_p: float | None = None,
                                 top_k: int | None = None, generator: torch.Generator | None = None,
-                                attention_mask=None, return_stats: bool = False):
+                                attention_mask=None, return_stats: bool = False, trace=None):
         """Quadratic self-speculation: draft and verify fused in one forward per cycle; lossless."""
         return self._decode("quadratic-spec", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
                             generator=generator, block_length=_block_length(block_length, self, "quadratic-spec"),
-                            return_stats=return_stats)
+                            return_stats=return_stats, trace=trace)
 
     def decode_mode(self, mode: str, prompt_ids, **kwargs):
         """Dispatch by mode name (``ar``, ``diffusion``, ``linear-spec``, ``quadratic-spec``)."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -37,6 +37,7 @@ from ..cache import KVCache
 from ..masks import block_pattern
 from .sampling import SamplingParams, choose
 from .stats import GenerationStats
+from .trace import TraceEvent, Tracer
 
 
 @dataclass
@@ -87,15 +88,16 @@ class Runner:
         self.cache: KVCache | None = None
         self._in_prefill = True
         self._started = time.perf_counter()
+        self.tracer: Tracer | None = None  # set by decode(trace=...): one event per forward
 
     # ---------------------------------------------------------------- forwards
     def forward(self, tokens: torch.Tensor, *, positions: torch.Tensor | None = None,
                 pattern: torch.Tensor | None = None, write: bool = True, drafter: bool | torch.Tensor = False,
-                keep: int | torch.Tensor = 0) -> torch.Tensor:
+                keep: int | torch.Tensor = 0, kind: str = "ar") -> torch.Tensor:
         """Run the model once on ``tokens`` (B, Q) and return logits. The only counted forward.
 
         ``drafter``: the LoRA drafter off, on, or on at the True positions of a (Q,) or (B, Q)
-        bool tensor."""
+        bool tensor. ``kind``: what the forward is for, as a trace names it (:mod:`.trace`)."""
         start = time.perf_counter()
         out = self.model(tokens, position_ids=positions, attention_mask=pattern, past_key_values=self.cache,
                          cache_write=write, use_drafter=drafter, logits_to_keep=keep)
@@ -106,18 +108,20 @@ class Runner:
             self.stats.prefill_time += elapsed
         else:
             self.stats.decode_time += elapsed
+        if self.tracer is not None:
+            self.tracer.forward(kind, self.stats.nfe)
         return out.logits
 
-    def peek_block(self, tokens: torch.Tensor, drafter: bool = False) -> torch.Tensor:
+    def peek_block(self, tokens: torch.Tensor, drafter: bool = False, kind: str = "denoise") -> torch.Tensor:
         """Bidirectional peek over one block per row placed after its prefix: (B, n) -> (B, n, V)."""
         return self.forward(tokens, pattern=block_pattern(tokens.shape[1], device=self.device),
-                            write=False, drafter=drafter)
+                            write=False, drafter=drafter, kind=kind)
 
     def prefill_ar(self) -> None:
         """Causal write forward over the (right-padded) prompts; emit each row's first token."""
         tokens = self.padded_prompts()
         last = (self.prompt_lengths - 1)[:, None]
-        logits = self.forward(tokens, keep=last)  # (B, 1, V)
+        logits = self.forward(tokens, keep=last, kind="prefill")  # (B, 1, V)
         self.cache.crop(self.prompt_lengths, host=self.prompt_lens)  # drop the padding slots of shorter rows
         first, _ = self.choose(logits[:, 0])
         self.emit([[t] for t in first.tolist()], last=first)
@@ -166,6 +170,8 @@ class Runner:
                     toks = toks[: i + 1]
                     self.done[b] = True
                     break
+            if self.tracer is not None:
+                self.tracer.emitted(b, len(self.generated[b]), toks)
             self.generated[b].extend(toks)
             emitted += len(toks)
             if self.remaining(b) <= 0:
@@ -252,9 +258,14 @@ def decoding_cache(model, batch: int, capacity: int) -> KVCache:
     return KVCache.for_model(model, batch, compiled.capacity_for(capacity), full_width=True)
 
 
-def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request) -> Runner:
-    """Run ``strategy`` on ``prompts`` until every row has finished. Returns the runner (state + stats)."""
+def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request,
+           trace: Callable[[TraceEvent], None] | None = None) -> Runner:
+    """Run ``strategy`` on ``prompts`` until every row has finished. Returns the runner (state + stats).
+
+    ``trace``: called with one :class:`~.trace.TraceEvent` per forward (see :mod:`.trace`)."""
     run = Runner(model, prompts, private_generator(request, next(model.parameters()).device), strategy.name)
+    if trace is not None:
+        run.tracer = Tracer(trace, strategy.name, run._started)
     max_prompt = max(len(p) for p in prompts)
     run.cache = decoding_cache(model, run.batch, max_prompt + request.max_new_tokens
                                + strategy.scratch(request, max_prompt) + 1)
@@ -267,6 +278,8 @@ def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request
         while not run.all_done():
             strategy.step(run)
             run.freeze_finished()
+    if run.tracer is not None:
+        run.tracer.flush()
     run.stats.tokens_per_row = [len(g) for g in run.generated]
     run.stats.wall_time = time.perf_counter() - run._started
     return run

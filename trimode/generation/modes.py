@@ -81,7 +81,7 @@ class BlockDiffusion:
         live = [not d for d in run.done]
         if any(ok and _needs_seed(d, run.remaining(b), req.eos_token_ids)
                for b, (ok, d) in enumerate(zip(live, drafts))):
-            logits = run.forward(block, keep=1)  # causal write of the finished block, (B, 1, V)
+            logits = run.forward(block, keep=1, kind="write")  # causal write of the finished block, (B, 1, V)
             seeds, _ = run.choose(logits[:, 0])
             per_row = [d + [s] for d, s in zip(drafts, seeds.tolist())]
             last = seeds
@@ -106,6 +106,8 @@ class BlockDiffusion:
             commit = self.select(run, tokens, conf, masked, schedule, step) & masked & ~finished[:, None]
             block = torch.where(commit, tokens, block)
             masked = masked & ~commit
+            if run.tracer is not None:
+                _trace_denoise(run, commit, tokens, conf, masked)
             finished = finished | _finished_rows(block, masked, run.eos_ids)
             step += 1
             state = torch.cat([finished[:, None].long(), block[:, 1:]], 1).tolist()  # the one sync
@@ -154,6 +156,27 @@ def _finished_rows(block: torch.Tensor, masked: torch.Tensor, eos_ids: torch.Ten
     return ~masked.any(-1) | eos_reached.any(-1)
 
 
+def _trace_denoise(run: Runner, commit: torch.Tensor, tokens: torch.Tensor, conf: torch.Tensor,
+                   masked: torch.Tensor) -> None:
+    """A denoising step's trace: per row, the block positions it unmasked (as output positions, with
+    token and confidence) and the masks left. Only when tracing: it reads the step back to the host."""
+    commit_h, tokens_h, conf_h, left = commit.tolist(), tokens.tolist(), conf.tolist(), masked.sum(-1).tolist()
+    for b in run.active:
+        base = len(run.generated[b]) - 1  # block position 0 is the pending token, already emitted
+        entry = run.tracer.row(b)
+        entry.committed = [[base + j, tokens_h[b][j], conf_h[b][j]] for j, c in enumerate(commit_h[b]) if c]
+        entry.masks_left = left[b]
+
+
+def _trace_verify(run: Runner, accepted: list[int], drafts: torch.Tensor, per_row: list) -> None:
+    """A verification's trace: per row, the drafts checked, how many were kept, the rest, the bonus."""
+    drafts_h = drafts.tolist()
+    for b in run.active:
+        entry = run.tracer.row(b)
+        entry.drafted, entry.accepted = drafts_h[b], accepted[b]
+        entry.rejected, entry.bonus = drafts_h[b][accepted[b]:], per_row[b][-1]
+
+
 def _needs_seed(drafts: list[int], remaining: int, eos: frozenset[int]) -> bool:
     return remaining > len(drafts) and not any(t in eos for t in drafts)
 
@@ -192,18 +215,23 @@ class LinearSpeculation:
     def step(self, run: Runner) -> None:
         n = run.cycle_length(run.request.block_length)
         if n > 1:
-            draft_logits = run.peek_block(_mask_block(run, n), drafter=True)[:, 1:]  # (B, n-1, V)
+            draft_logits = run.peek_block(_mask_block(run, n), drafter=True, kind="draft")[:, 1:]  # (B, n-1, V)
             drafts, q = run.choose(draft_logits)
+            if run.tracer is not None:
+                for b, row in zip(run.active, drafts[run.active].tolist()):
+                    run.tracer.row(b).drafted = row
         else:
             drafts = torch.zeros(run.batch, 0, dtype=torch.long, device=run.device)
             q = None
         before, before_host = run.cache.lengths.clone(), run.cache.host_lengths
-        logits = run.forward(torch.cat([run.pending[:, None], drafts], 1))  # causal write, (B, n, V)
+        logits = run.forward(torch.cat([run.pending[:, None], drafts], 1), kind="verify")  # causal write, (B, n, V)
         p = probabilities(logits, run.request.sampling)
         accepted, token = speculative_accept_batch(drafts, q, p, run.request.sampling, run.request.generator)
         # The pending token and the accepted drafts stay cached; finished rows roll back entirely.
         kept = _committed(run, accepted)  # (B,)
         accepted_host, per_row = _accepted_on_host(run, accepted, token, drafts)
+        if run.tracer is not None:
+            _trace_verify(run, accepted_host, drafts, per_row)
         run.cache.crop(before + kept, host=[h + _count(run, b, accepted_host) for b, h in enumerate(before_host)])
         run.emit(per_row, drafted=n - 1, last=token)
 
@@ -237,7 +265,8 @@ class QuadraticSpeculation:
                                for length in run.prompt_lens])
         keep = torch.cat([(lengths - 1)[:, None], width + slots.expand(run.batch, n)], 1)
         drafting = torch.arange(width + n, device=run.device) >= width  # (width + n,): the mask group
-        logits = run.forward(tokens, positions=positions, pattern=pattern, write=False, keep=keep, drafter=drafting)
+        logits = run.forward(tokens, positions=positions, pattern=pattern, write=False, keep=keep, drafter=drafting,
+                             kind="prefill")
         run.cache.advance(lengths, host=run.prompt_lens)  # commit each row's real prompt tokens
         first, _ = run.choose(logits[:, 0])
         self.drafts, self.draft_probs = run.choose(logits[:, 2:])  # masks 1..n-1: after the first token
@@ -256,7 +285,7 @@ class QuadraticSpeculation:
         pattern = self.patterns[n]
         drafting = torch.arange(n + n * n, device=dev) >= n  # the drafter acts on the mask groups only
         logits = run.forward(torch.cat([chain, groups], 1), positions=positions, pattern=pattern, write=False,
-                             drafter=drafting)
+                             drafter=drafting, kind="draft+verify")
         p = probabilities(logits[:, :n], run.request.sampling)  # (B, n, V): AR targets
         group_tokens, group_probs = run.choose(logits[:, n:].reshape(B, n, n, -1))  # (B, n, n)
         accepted, token = speculative_accept_batch(drafts, q, p, run.request.sampling, run.request.generator)
@@ -265,6 +294,8 @@ class QuadraticSpeculation:
         self.drafts, self.draft_probs = group_tokens[rows, accepted, 1:], group_probs[rows, accepted, 1:]
         commit = _committed(run, accepted)  # d_0 .. d_k keys are exact (causal) and already in place
         accepted_host, per_row = _accepted_on_host(run, accepted, token, drafts)
+        if run.tracer is not None:
+            _trace_verify(run, accepted_host, drafts, per_row)
         run.cache.advance(commit, host=[_count(run, b, accepted_host) for b in range(B)])
         run.emit(per_row, drafted=n - 1, last=token)
 
