@@ -18,7 +18,8 @@ LAYERS = [
     # 0: the model and what it is made of (configs, cache, masks, loading and conversion of checkpoints)
     {"trimode", "trimode._lazy", "trimode._registration", "trimode.assembly", "trimode.cache", "trimode.cache_dir", "trimode.checkpoint_files", "trimode.compiled",
      "trimode.configuration", "trimode.conversion", "trimode.export", "trimode.loading", "trimode.loss",
-     "trimode.masks", "trimode.modeling", "trimode.tokenization", "trimode.projections", "trimode.drafter_gate", "trimode.backbone"},
+     "trimode.masks", "trimode.modeling", "trimode.tokenization", "trimode.projections", "trimode.drafter_gate", "trimode.backbone",
+     "trimode.typed_config"},
     # 1: decoding
     {"trimode.generation"},
     # 2: what uses the decoders

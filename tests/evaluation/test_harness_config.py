@@ -23,7 +23,7 @@ from trimode.evaluation.bench_config import (
     quick_config,
     quick_curve_config,
 )
-from trimode.serving.config import ConfigError
+from trimode.typed_config import ConfigError
 
 FLAGS = {  # what each command accepted before its flags were generated: none may go missing
     "bench": ["--model", "--threads", "--dtype", "--verbose", "--out", "--seed", "--no-drafter", "--quick",

@@ -126,18 +126,19 @@ def test_bad_inputs_name_the_value():
 
 
 def test_autotune_config_errors_name_the_field_and_validate_checks_assigned_values():
-    with pytest.raises(ValueError, match=r"^autotune candidates\[0\]=0 must be greater than or equal to 1$"):
+    each_item = "must be a non-empty list, each item an integer >= 1$"
+    with pytest.raises(ValueError, match=r"^autotune candidates=\(0, 2\) " + each_item):
         AutotuneConfig(candidates=(0, 2))
-    with pytest.raises(ValueError, match=r"^autotune diffusion_candidates=\(\): Tuple should have at least 1"):
+    with pytest.raises(ValueError, match=r"^autotune diffusion_candidates=\(\) " + each_item):
         AutotuneConfig(diffusion_candidates=())
-    with pytest.raises(ValueError, match=r"^autotune candidates\[1\]=2.0 must be a valid integer$"):
+    with pytest.raises(ValueError, match=r"^autotune candidates=\(1, 2.0\) " + each_item):
         AutotuneConfig(candidates=(1, 2.0))
-    with pytest.raises(ValueError, match=r"^autotune repeat=3: Unexpected keyword argument$"):
+    with pytest.raises(ValueError, match=r"^autotune repeat=3: AutotuneConfig has no such setting$"):
         AutotuneConfig(repeat=3)
     assert AutotuneConfig(candidates=[1, 2]).candidates == (1, 2)  # a list is taken, as a tuple
     config = AutotuneConfig()
     config.calibration_tokens = 0  # assignment is not checked ...
-    with pytest.raises(ValueError, match=r"^autotune calibration_tokens=0 must be greater than or equal to 1$"):
+    with pytest.raises(ValueError, match=r"^autotune calibration_tokens=0 must be an integer >= 1$"):
         config.validate()  # ... validate() is, as every entry point of auto calls it
     assert dataclasses.asdict(QUICK)["candidates"] == (1, 2, 4)  # the bench report saves it so
 

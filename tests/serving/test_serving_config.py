@@ -116,7 +116,8 @@ def test_config_errors_say_what_is_allowed():
         "request_timeout=0 must be a number > 0": dict(request_timeout=0),
         "log_level='loud' must be one of 'critical', 'error', 'warning', 'info', 'debug', 'trace'":
             dict(log_level="loud"),
-        "auto: spec_mode='ar' must be one of 'linear-spec', 'quadratic-spec'": dict(auto=dict(spec_mode="ar")),
+        "auto.spec_mode='ar' must be one of 'linear-spec', 'quadratic-spec'": dict(auto=dict(spec_mode="ar")),
+        "auto.window=0 must be an integer >= 1": dict(auto=dict(window=0)),
         "auto: max_probe_every=8 must be >= probe_every=16": dict(auto=dict(max_probe_every=8)),
         "mdoe='ar': ServerConfig has no such setting": dict(mdoe="ar"),
     }

@@ -45,7 +45,7 @@ def test_presets_and_overrides():
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(ValueError, match="--set nope: unknown key; allowed: stage, .*model.hidden_size"):
         apply_overrides(cfg, ["nope=1"])
-    with pytest.raises(ValueError, match=r"--set steps='ten': expected int"):
+    with pytest.raises(ValueError, match=r"--set steps='ten' must be an integer >= 1"):
         apply_overrides(cfg, ["steps=ten"])
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         apply_overrides(cfg, ["steps"])
@@ -61,8 +61,8 @@ def test_presets_and_overrides():
         bad.validate()
     bad = preset_config("debug", "drafter")
     bad.drafter.target_modules = ["o_proj", "lm_head"]
-    with pytest.raises(ValueError, match=r"drafter.target_modules=\['o_proj', 'lm_head'\]: unknown lm_head; "
-                                         "allowed: q_proj, k_proj"):
+    with pytest.raises(ValueError, match=r"drafter.target_modules=\['o_proj', 'lm_head'\] must be a non-empty list, "
+                                         "each item one of 'q_proj', 'k_proj'"):
         bad.validate()
     assert apply_overrides(preset_config("debug", "drafter"),
                            ["drafter.target_modules=q_proj,v_proj"]).drafter.target_modules == ["q_proj", "v_proj"]
@@ -81,17 +81,22 @@ def test_config_errors_name_key_value_and_allowed():
     cfg = preset_config("debug", "drafter")
     cfg.mask_eps, cfg.max_files, cfg.block_sizes, cfg.drafter.r = 0.0, 0, [4, 0], 0
     msg = error(cfg)
-    for part in ("mask_eps=0.0 must be in (0, 1)", "max_files=0 must be >= 1 or none",
-                 "block_sizes=[4, 0] must all be >= 1", "drafter.r=0 must be >= 1 or none"):
+    for part in ("mask_eps=0.0 must be a number in (0, 1)", "max_files=0 must be an integer >= 1 or None",
+                 "block_sizes=[4, 0] must be a list, each item an integer >= 1",
+                 "drafter.r=0 must be an integer >= 1 or None"):
         assert part in msg, msg
+    cfg = preset_config("debug", "drafter")
+    cfg.drafter.code_prompt_tokens = [8]
+    assert error(cfg) == ("train config: drafter.code_prompt_tokens=[8] must be a list of 2 items, "
+                          "each item an integer >= 1")
     cfg = preset_config("debug", "ar")
     cfg.model.num_key_value_heads = 3
-    assert "model.num_key_value_heads=3 must divide num_attention_heads=4" in error(cfg)
-    with pytest.raises(ValueError, match=r"--set precision='fp16' is not one of fp32, bf16"):
+    assert "model: num_key_value_heads=3 must divide num_attention_heads=4" in error(cfg)
+    with pytest.raises(ValueError, match=r"--set precision='fp16' must be one of 'fp32', 'bf16'"):
         apply_overrides(preset_config("debug", "ar"), ["precision=fp16"])
-    with pytest.raises(ValueError, match=r"--set progress='maybe': expected a boolean"):
+    with pytest.raises(ValueError, match=r"--set progress='maybe' must be true, false or None"):
         apply_overrides(preset_config("debug", "ar"), ["progress=maybe"])
-    with pytest.raises(ValueError, match=r"train config: unknown keys \['nope'\]"):
+    with pytest.raises(ValueError, match=r"train config: nope=1: TrainConfig has no such setting"):
         TrainConfig.from_dict({"nope": 1})
     cfg = apply_overrides(preset_config("debug", "ar"), ["model.head_dim=none", "seed= 7 ", "drafter.alpha=null"])
     assert (cfg.model.head_dim, cfg.seed, cfg.drafter.alpha) == (None, 7, None)
@@ -104,7 +109,7 @@ def test_cli_print_config_and_errors(capsys, tmp_path):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["steps"] == 7 and cfg["model"]["hidden_size"] == 96 and cfg["stage"] == "sft"
     assert main(["train", "--stage", "ar", "--preset", "debug", "--out", out, "--set", "lr=-1"]) == 2
-    assert "lr=-1.0 must be > 0" in capsys.readouterr().err
+    assert "lr=-1.0 must be a number > 0" in capsys.readouterr().err
     assert main(["train", "--stage", "joint", "--preset", "debug", "--out", out, "--set", "steps=1"]) == 2
     assert "stage joint needs --init DIR" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything is written
@@ -239,7 +244,7 @@ def test_sft_code_replay_share(tokenizer_dir):
         assert tasks and all(s["input_ids"].shape == (cfg.seq_len,) for s in seqs)
         # task sequences keep the loss off their prompts; the share is exact up to one sequence
         assert abs(len(code) - replay * len(seqs)) <= 1, (replay, len(code), len(seqs))
-    with pytest.raises(ValueError, match="code_replay=1.0 must be in \\[0, 1\\)"):
+    with pytest.raises(ValueError, match="code_replay=1.0 must be a number in \\[0, 1\\)"):
         debug_config("sft", code_replay=1.0).validate()
 
 

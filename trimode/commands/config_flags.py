@@ -31,12 +31,13 @@ never torch.
 from __future__ import annotations
 
 import argparse
-import types
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Mapping, Union, get_args, get_origin
+from typing import Any, Callable, Literal, Mapping, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+
+from ..typed_config import allowed, is_union, sequence_of, unwrap
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def _argument(o: _Option, given_only: bool) -> dict[str, Any]:
     if flag.metavar:
         kwargs["metavar"] = flag.metavar
     kind, choices = _scalar(info.annotation)
-    items = _items(info.annotation)
+    items = sequence_of(info.annotation)
     if flag.type is not None:
         kwargs["type"] = flag.type
     elif o.switch:
@@ -197,13 +198,9 @@ def _help(o: _Option) -> str:
     return text.replace("%", "%%").strip()
 
 
-def _union(annotation: Any) -> bool:
-    return get_origin(annotation) in (Union, types.UnionType)
-
-
 def _scalar(annotation: Any) -> tuple[Any, tuple]:
     """(type, Literal choices) of a field: ``Optional[X]`` is X; anything else must be one type."""
-    if _union(annotation):
+    if is_union(annotation):
         members = [a for a in get_args(annotation) if a is not type(None)]
         return _scalar(members[0]) if len(members) == 1 else (None, ())
     if get_origin(annotation) is Literal:
@@ -211,23 +208,15 @@ def _scalar(annotation: Any) -> tuple[Any, tuple]:
     return annotation, ()
 
 
-def _items(annotation: Any) -> tuple[type, Any] | None:
-    """(list or tuple, the item type) of a ``list[X]`` / ``tuple[X, ...]`` field (or one that may be None)."""
-    for a in get_args(annotation) if _union(annotation) else (annotation,):
-        if get_origin(a) in (list, tuple):
-            return get_origin(a), get_args(a)[0]
-    return None
-
-
 def _item_parser(annotation: Any, constraints=()) -> Callable[[str], Any]:
     """Parses one item of a comma list: ``none`` where the item may be None, a choice, a bounded number, text."""
-    if _union(annotation):
+    if is_union(annotation):
         (member,) = [a for a in get_args(annotation) if a is not type(None)]
         inner = _item_parser(member, constraints)
         return lambda text: None if text.lower() == "none" else inner(text)
-    if get_origin(annotation) is Annotated:
-        inner, *extra = get_args(annotation)
-        return _item_parser(inner, [c for e in extra for c in (e.metadata if isinstance(e, FieldInfo) else [e])])
+    inner, found = unwrap(annotation)  # Annotated[X, Field(ge=1)]: X with those bounds
+    if inner is not annotation:
+        return _item_parser(inner, [*constraints, *found])
     if get_origin(annotation) is Literal:
         choices = {str(c): c for c in get_args(annotation)}
 
@@ -265,7 +254,7 @@ def bounded(kind: type, constraints) -> Callable[[str], Any]:
     """An argparse type: ``kind`` (int or float) within the ``ge`` / ``gt`` / ``le`` / ``lt``
     limits among ``constraints`` (a field's metadata). NaN is refused by any limit."""
     limits = [(k, getattr(c, k)) for c in constraints for k in _LIMITS if getattr(c, k, None) is not None]
-    what = "an integer" if kind is int else "a number"
+    what = allowed(kind)  # "an integer", "a number"
 
     def parse(text: str):
         try:

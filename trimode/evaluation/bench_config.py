@@ -5,20 +5,20 @@
 Each is a pydantic model, the one declaration of its settings (type, default, bounds, choices,
 description): the commands generate their flags from the fields (:mod:`trimode.commands.config_flags`)
 and the reports save ``model_dump()``. A config is checked when built, strictly (``"8"`` is not an
-integer), unknown fields refused; :meth:`HarnessConfig.validate` checks it again after assignments. A
-bad value raises :class:`~trimode.serving.config.ConfigError`, one line naming the field, the value and
-what is allowed. No torch is imported here (the command line builds its parsers from this module); the
-modules that run the configs re-export them.
+integer), unknown fields refused; assigning a field does not check it, ``validate()`` checks the config
+again. A bad value raises :class:`~trimode.typed_config.ConfigError`, one line naming the field, the value
+and what is allowed (:class:`~trimode.typed_config.CheckedConfig`). No torch is imported here (the command
+line builds its parsers from this module); the modules that run the configs re-export them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from ..generation.names import MODE_NAMES
-from ..serving.config import ConfigError, allowed, describe_errors
+from ..typed_config import CheckedConfig
 from .prompts import PROMPT_SETS
 
 # Spelled out here, where no torch is imported: trimode.generation.forward_timing's KINDS and
@@ -39,46 +39,6 @@ Threshold = Annotated[float, Field(gt=0, le=1)]
 Mode = Literal[MODE_NAMES]  # type: ignore[valid-type]
 
 
-class HarnessConfig(BaseModel):
-    """Base of the harness's configs: strict, unknown fields refused, every failure one ConfigError line."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    def __init__(self, **values: Any):
-        try:
-            super().__init__(**values)
-        except ValidationError as e:
-            raise ConfigError(describe(type(self), e.errors(), values), e.errors()) from None
-
-    def validate(self):  # type: ignore[override]  (pydantic v1's classmethod of that name)
-        """Check the config again (assigning a field does not); returns ``self``."""
-        type(self)(**{name: getattr(self, name) for name in type(self).model_fields})
-        return self
-
-
-def describe(model: type[BaseModel], errors: list[dict], values: dict) -> str:
-    """The errors as one line, worded as :func:`trimode.serving.config.describe_errors` words them, except
-    that a list field's shows the whole list and what each of its items may be."""
-    lines: dict[str, str] = {}
-    for err in errors:
-        name = next(iter(err["loc"]), "")
-        info = model.model_fields.get(name)
-        if info is None or err["type"] in ("value_error", "extra_forbidden") or _sequence(info.annotation) is None:
-            text = describe_errors(model, [err])
-        else:
-            size = "a non-empty list" if any(getattr(m, "min_length", 0) for m in info.metadata) else "a list"
-            none = " (or None)" if type(None) in get_args(info.annotation) else ""
-            item = allowed(get_args(_sequence(info.annotation))[0])
-            text = f"{name}={values.get(name)!r} must be {size}{none}, each item {item}"
-        lines.setdefault(text if err["type"] == "value_error" else name, text)
-    return "; ".join(lines.values())
-
-
-def _sequence(annotation: Any) -> Any:
-    """The ``list[X]`` / ``tuple[X, ...]`` of a field's type (Optional or not), or None."""
-    return next((a for a in (annotation, *get_args(annotation)) if get_origin(a) in (list, tuple)), None)
-
-
 def _default_autotune_config():
     from ..generation.autotune import AutotuneConfig  # torch: when a config is built, not for --help
 
@@ -87,7 +47,7 @@ def _default_autotune_config():
 
 # The defaults are sized for a run of a few minutes with a model of a few million parameters on
 # a 2-core CPU; --quick (quick_config) shrinks every size for tests and smoke runs.
-class BenchConfig(HarnessConfig):
+class BenchConfig(CheckedConfig):
     """What ``trimode bench`` measures."""
 
     prompt_sets: list[Literal[PROMPT_SETS]] = Field(  # type: ignore[valid-type]
@@ -145,7 +105,7 @@ def quick_config(**overrides) -> BenchConfig:
     return BenchConfig(**kw)
 
 
-class CurveConfig(HarnessConfig):
+class CurveConfig(CheckedConfig):
     """What ``trimode bench --forward-costs`` measures (:mod:`.forward_costs`)."""
 
     ks: tuple[PositiveInt, ...] = Field(
@@ -167,7 +127,7 @@ def quick_curve_config(**overrides) -> CurveConfig:
     return CurveConfig(**{"ks": QUICK_KS, "bandwidth_bytes": 64 * 2**20, **overrides})
 
 
-class EvalConfig(HarnessConfig):
+class EvalConfig(CheckedConfig):
     """What ``trimode eval`` runs."""
 
     n_tasks: int = Field(48, ge=1, description="held-out tasks (families round-robin)")
@@ -185,7 +145,7 @@ class EvalConfig(HarnessConfig):
     batch_size: int = Field(8, ge=1, description="tasks per decoding call")
 
 
-class HumanEvalConfig(HarnessConfig):
+class HumanEvalConfig(CheckedConfig):
     """What the HumanEval part of ``trimode eval`` runs (:mod:`.humaneval`)."""
 
     n_problems: int = Field(N_PROBLEMS, ge=1, le=N_PROBLEMS, description="the first n_problems HumanEval problems")

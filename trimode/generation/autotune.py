@@ -99,6 +99,7 @@ from typing import Annotated
 from pydantic import ConfigDict, Field, Strict
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from ..typed_config import one_line_errors
 from . import forward_timing as timing
 from .block_choice import (
     DEFAULT_MARGIN,
@@ -113,7 +114,6 @@ from .block_choice import (
 )
 from .calibration import AcceptanceProfile, measure_profile, sampled_prompts
 from .forward_timing import DEFAULT_PREFIX_TOKENS, CostStore
-from .sampling import one_line_errors
 
 _CACHE_ATTR = "_trimode_autotune"
 

@@ -9,48 +9,13 @@ Speculative acceptance works on the whole batch at once, on the device
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
-
-def one_line_errors(label: str = ""):
-    """Class decorator of a pydantic dataclass: a bad value raises a one-line ``ValueError``,
-    ``<label>field=value must be <what is allowed>`` per bad field, not pydantic's multi-line report."""
-
-    def decorate(cls):
-        init = cls.__init__
-
-        @functools.wraps(init)
-        def __init__(self, *args, **kwargs):
-            try:
-                init(self, *args, **kwargs)
-            except ValidationError as e:
-                raise ValueError(label + _one_line(e, list(cls.__pydantic_fields__))) from None
-
-        cls.__init__ = __init__
-        return cls
-
-    return decorate
-
-
-def _one_line(error: ValidationError, fields: list[str]) -> str:
-    """pydantic's errors as one line, the first per field: ``top_p=0.0 must be greater than 0``,
-    ``candidates[0]=0 must be greater than or equal to 1`` (an item of a sequence). ``fields``: the
-    field names in order (an error of a positional argument is located by its index)."""
-    lines: dict[object, str] = {}
-    for err in error.errors(include_url=False):
-        head, *rest = err["loc"] or ("value",)
-        if isinstance(head, int):
-            head = fields[head] if head < len(fields) else f"argument {head + 1}"
-        shown = head + "".join(f"[{part}]" for part in rest) + f"={err['input']!r}"
-        message = err["msg"].removeprefix("Value error, ")
-        rule = message.removeprefix("Input should be ")
-        lines.setdefault(head, f"{shown} must be {rule}" if rule != message else f"{shown}: {message}")
-    return "; ".join(lines.values())
+from ..typed_config import one_line_errors
 
 
 @one_line_errors()

@@ -7,8 +7,9 @@ flags' help), so a setting is added or changed here only.
 
 Values are checked when a config is built and when a field is assigned, strictly
 (``"8"`` is not an integer, ``True`` is not a number). A bad value raises
-:class:`ConfigError`, a ``ValueError`` whose one-line message names the field, the
-value and what is allowed, so a bad setting never surfaces deep inside the server.
+:class:`~trimode.typed_config.ConfigError`, a ``ValueError`` whose one-line message names the
+field, the value and what is allowed (worded by :mod:`trimode.typed_config`), so a bad setting
+never surfaces deep inside the server.
 
 This module imports only pydantic: the command line builds its parser from it
 without importing torch or the server.
@@ -17,14 +18,14 @@ without importing torch or the server.
 from __future__ import annotations
 
 import os
-import types
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.fields import FieldInfo
+from pydantic import ConfigDict, Field, model_validator
 
 from ..generation.names import MODE_NAMES as SERVED_MODES
 from ..generation.names import SPECULATIVE_MODES
+from ..typed_config import CheckedConfig
+from ..typed_config import ConfigError as ConfigError  # re-exported: what a bad setting raises
 
 REQUEST_MODES = ("auto",) + SERVED_MODES
 """What a request (or ``--mode``) may ask for: a mode, or ``auto`` (chosen per batch by load and acceptance)."""
@@ -32,52 +33,13 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 """uvicorn's log levels."""
 
 
-class ConfigError(ValueError):
-    """A setting that is not allowed; ``errors`` holds pydantic's structured errors."""
+class _ServingConfig(CheckedConfig):
+    """Base of the server's configs: checked on assignment too (a refused assignment changes nothing)."""
 
-    def __init__(self, message: str, errors: list[dict] | None = None):
-        super().__init__(message)
-        self.errors = errors or []
+    model_config = ConfigDict(validate_assignment=True)
 
 
-_UNSET = object()
-
-
-class CheckedConfig(BaseModel):
-    """Base of the server's configs: strict, unknown fields refused, checked on assignment too,
-    and every failure raised as one :class:`ConfigError` line (see :func:`describe_errors`)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
-
-    def __init__(self, **values: Any):
-        try:
-            super().__init__(**values)
-        except ValidationError as e:
-            raise ConfigError(describe_errors(type(self), e.errors()), e.errors()) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        before = self.__dict__.get(name, _UNSET)
-        try:
-            super().__setattr__(name, value)
-        except ValidationError as e:
-            if before is not _UNSET:  # a cross-field rule fails after pydantic stored the value: undo it
-                self.__dict__[name] = before
-            raise ConfigError(describe_errors(type(self), e.errors()), e.errors()) from None
-
-    def validate(self) -> "CheckedConfig":  # type: ignore[override]  (pydantic v1's classmethod of that name)
-        """Check the whole config again, nested configs included; returns ``self``.
-
-        Building and assigning already check; this is for a config put together some other
-        way (``model_construct``, ``model_copy(update=...)``)."""
-        values = {name: getattr(self, name) for name in type(self).model_fields}
-        for value in values.values():
-            if isinstance(value, CheckedConfig):
-                value.validate()
-        type(self)(**values)
-        return self
-
-
-class AutoModeConfig(CheckedConfig):
+class AutoModeConfig(_ServingConfig):
     """How ``mode: "auto"`` picks a mode for each batch (see :mod:`trimode.serving.auto`)."""
 
     spec_mode: Literal[SPECULATIVE_MODES] = Field(  # type: ignore[valid-type]
@@ -120,7 +82,7 @@ class AutoModeConfig(CheckedConfig):
 Threshold = Union[Annotated[float, Field(gt=0, le=1)], Literal["model"], None]
 
 
-class ServerConfig(CheckedConfig):
+class ServerConfig(_ServingConfig):
     """Everything ``trimode serve`` can be told; the command's flags are generated from these fields."""
 
     model: Optional[str] = Field(
@@ -173,84 +135,3 @@ class ServerConfig(CheckedConfig):
     @property
     def threads(self) -> int:
         return self.num_threads or os.cpu_count() or 1
-
-
-# ------------------------------------------------------------------------------- error messages
-def describe_errors(model: type[BaseModel], errors: list[dict]) -> str:
-    """pydantic's errors as one line: ``field=value must be <what the field allows>`` per bad field
-    (a union's members' errors merged), or the message of a rule between fields."""
-    lines: dict[str, str] = {}
-    for err in errors:
-        path, info = _field_at(model, err.get("loc", ()))
-        if err["type"] == "extra_forbidden":
-            name = ".".join(str(part) for part in err["loc"])
-            key, text = name, f"{name}={_shown(err['input'])}: {model.__name__} has no such setting"
-        elif err["type"] == "value_error" or info is None:  # a rule between fields (model validator)
-            message = err["msg"].removeprefix("Value error, ")
-            key = text = f"{path}: {message}" if path else message
-        else:
-            key, text = path, f"{path}={_shown(err['input'])} must be {allowed(info.annotation, info.metadata)}"
-        lines.setdefault(key, text)
-    return "; ".join(lines.values())
-
-
-def _field_at(model: type[BaseModel], loc: tuple) -> tuple[str, FieldInfo | None]:
-    """The dotted field path of an error's ``loc`` and that field. pydantic adds union members'
-    tags (``"constrained-float"``, ``"literal['model']"``) after the field: not part of the path."""
-    names: list[str] = []
-    info = None
-    current: Any = model
-    for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if not isinstance(part, str) or not isinstance(fields, dict) or part not in fields:
-            break
-        names.append(part)
-        info = fields[part]
-        current = info.annotation
-    return ".".join(names), info
-
-
-def allowed(annotation: Any, constraints: list | tuple = ()) -> str:
-    """What a field of type ``annotation`` (with ``constraints``, annotated_types' Ge / Gt / Le / Lt)
-    accepts, in words: ``an integer >= 1``, ``a number in (0, 1], 'model' or None``."""
-    origin = get_origin(annotation)
-    if origin is Union or origin is types.UnionType:  # a field's bounds (Optional[int] = Field(ge=1)) bind its members
-        return _or([allowed(member, constraints) for member in get_args(annotation)])
-    if origin is Annotated:
-        inner, *extra = get_args(annotation)
-        found = [c for e in extra for c in (e.metadata if isinstance(e, FieldInfo) else [e])]
-        return allowed(inner, [*constraints, *found])
-    if origin is Literal:
-        choices = [repr(c) for c in get_args(annotation)]
-        return choices[0] if len(choices) == 1 else "one of " + ", ".join(choices)
-    if annotation is type(None):
-        return "None"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        name = annotation.__name__
-        return f"{'an' if name[0] in 'AEIOU' else 'a'} {name}"
-    noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        annotation, getattr(annotation, "__name__", str(annotation)))
-    return noun + _bounds(constraints)
-
-
-def _bounds(constraints) -> str:
-    """The ``ge`` / ``gt`` / ``le`` / ``lt`` limits among a field's constraints, in words."""
-    b = {k: getattr(c, k) for c in constraints for k in ("ge", "gt", "le", "lt") if getattr(c, k, None) is not None}
-    low = ("[", b["ge"]) if "ge" in b else ("(", b["gt"]) if "gt" in b else None
-    high = (b["le"], "]") if "le" in b else (b["lt"], ")") if "lt" in b else None
-    if low and high:
-        return f" in {low[0]}{low[1]}, {high[0]}{high[1]}"
-    if low:
-        return f" {'>=' if low[0] == '[' else '>'} {low[1]}"
-    if high:
-        return f" {'<=' if high[1] == ']' else '<'} {high[0]}"
-    return ""
-
-
-def _or(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -5,7 +5,7 @@ Files (each small, one job):
 
 - ``config.py``: typed configs (pydantic: :class:`TrainConfig`, :class:`ModelSpec`,
   :class:`DrafterConfig`), presets ``debug`` / ``tiny`` / ``smol`` (:data:`PRESETS`), ``key=value``
-  overrides; ``config_text.py``: their type names in ``--help`` and one-line validation errors.
+  overrides; ``config_text.py``: their type names in ``--help`` (errors: :mod:`trimode.typed_config`).
 - ``trainer.py``: :func:`train`, the one loop every stage shares (DDP, grad accumulation,
   global loss normalisation, logging, eval, checkpoints, exact resume).
 - ``stages.py``: what differs per stage: model init (new / trimode / converted HF),

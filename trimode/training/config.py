@@ -18,7 +18,8 @@ Design choices:
   registry the CLI offers.
 - Overrides are ``dotted.key=value`` strings parsed with the field's type
   (``model.hidden_size=512``, ``block_sizes=4,8,16``, ``max_files=none``); a bad key or
-  value raises ``ValueError`` naming it and what is allowed (:mod:`.config_text`).
+  value raises ``ValueError`` naming it and what is allowed (worded by :mod:`trimode.typed_config`,
+  as every config's errors are).
 - Batch sizes: ``micro_batch`` is per process and per forward; the *global* batch of
   one optimizer step is ``micro_batch * grad_accum * world_size`` sequences. Data order,
   masks and the loss normalisation depend only on the global batch, so 2 processes x b
@@ -29,11 +30,13 @@ from __future__ import annotations
 
 import json
 import typing
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
-from .config_text import describe, explain, type_name
+from ..typed_config import CheckedConfig, ConfigError, must_be
+from .config_text import type_name
 
 StageName = Literal["ar", "joint", "sft", "drafter"]
 Precision = Literal["fp32", "bf16"]
@@ -49,9 +52,11 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 SUBCONFIGS = ("model", "drafter")
 
 
-class _Config(BaseModel):
-    # Unknown keys are errors; `revalidate_instances`: validate() re-checks nested configs too.
-    model_config = ConfigDict(extra="forbid", revalidate_instances="always")
+class _Config(CheckedConfig):
+    # Lax, unlike the other configs: saved JSON and `--set` text are read by the field types. Unknown keys
+    # are errors (CheckedConfig); `revalidate_instances`: nested configs passed in are checked again too.
+    model_config = ConfigDict(strict=False, revalidate_instances="always")
+    error_prefix: ClassVar[str] = "train config: "
 
 
 class ModelSpec(_Config):
@@ -198,11 +203,6 @@ class TrainConfig(_Config):
                              "(seq_len holds prompt + continuation)")
         return self
 
-    def validate(self) -> TrainConfig:
-        """Check every field and rule again (fields may have been assigned since construction); returns self."""
-        _validated(type(self), self)
-        return self
-
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
@@ -211,14 +211,7 @@ class TrainConfig(_Config):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _validated(cls, data)
-
-
-def _validated(cls: type[_Config], data: Any) -> Any:
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(f"train config: {describe(e, cls, data)}") from None
+        return cls(**data)
 
 
 # ---------------------------------------------------------------------- presets
@@ -327,12 +320,14 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
             raise ValueError(f"--set {key}: unknown key; allowed: {', '.join(config_keys())}")
         *head, name = key.split(".")
         target = getattr(cfg, head[0]) if head else cfg
-        setattr(target, name, _parse(key, text, type(target).model_fields[name].annotation))
+        setattr(target, name, _parse(key, text, type(target).model_fields[name]))
     return cfg
 
 
-def _parse(key: str, text: str, tp: Any) -> Any:
-    """``text`` as a value of type ``tp``, by pydantic; a list is comma-separated, an optional field takes ``none``."""
+def _parse(key: str, text: str, field: FieldInfo) -> Any:
+    """``text`` as a value of the field's type, by pydantic; a list is comma-separated, an optional field
+    takes ``none``. The field's own bounds are left to :meth:`TrainConfig.validate` (an error names them)."""
+    tp = field.annotation
     value: Any = text.strip()
     if type(None) in typing.get_args(tp) and value.lower() in ("none", "null"):
         return None
@@ -341,9 +336,7 @@ def _parse(key: str, text: str, tp: Any) -> Any:
     try:
         return TypeAdapter(tp).validate_python(value)
     except ValidationError as e:
-        expected = "a boolean (true/false)" if bool in (tp, *typing.get_args(tp)) else type_name(tp).split(" |")[0]
-        why = explain(e.errors()[0], key, tp, [], value) or f"{key}={text!r}: expected {expected}"
-        raise ValueError(f"--set {why}") from None
+        raise ConfigError(f"--set {must_be(key, value, tp, field.metadata)}", e.errors()) from None
 
 
 def config_keys() -> list[str]:
