@@ -40,6 +40,9 @@ def register(sub) -> None:
     chat.add_argument("--raw", dest="chat", action="store_false",
                       help="encode PROMPT as it is (the default for a model trained by trimode train, such as "
                            "trimode-tiny, which continues text)")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="also save what every forward did: FILE.html (a self-contained page, as the playground "
+                        "of trimode serve draws it) or FILE.json (the events)")
     p.add_argument("prompt", help="the prompt text")
     p.set_defaults(func=run)
 
@@ -57,6 +60,8 @@ def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..generation.trace import Trace, token_texts
+
     loaded = load_model(args, need="to encode the prompt")
     model, tok = loaded.model, loaded.tokenizer
     from ..evaluation.prompts import is_chat_model
@@ -68,10 +73,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the "
                          f"model's context of {max_len} tokens")
     modes = MODE_CHOICES if args.mode == "all" else [args.mode]
-    rows = []
+    if args.trace is not None and not args.trace.endswith((".html", ".json")):
+        raise ValueError(f"--trace {args.trace}: the file must end in .html (a page) or .json (the events)")
+    rows, traces = [], {}
     for mode in modes:
+        trace = Trace() if args.trace else None
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                      generator=torch.Generator().manual_seed(args.seed), return_stats=True)
+                      generator=torch.Generator().manual_seed(args.seed), return_stats=True, trace=trace)
         if args.block_length is not None:
             kwargs["block_length"] = args.block_length
         if mode == "diffusion" and hasattr(args, "threshold"):  # absent: the config's threshold
@@ -80,8 +88,14 @@ def run(args: argparse.Namespace) -> int:
         text = tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
         print(f"=== {mode} ===\n{text}\n")
         rows.append(stats_row(mode, nfe, stats))
+        if trace is not None:
+            traces[mode] = [dict(view, text=token_texts(view["row"], tok.decode)) for view in trace.row_views()]
     print(stats_table(rows, STAT_COLUMNS))
     print(f"\n{STATS_LEGEND}")
     if loaded.has_drafter:
         print("(linear-spec and quadratic-spec draft with the LoRA drafter; verification never uses it)")
+    if args.trace:
+        from ..serving.playground import recorded, write_trace
+
+        print(f"trace: {write_trace(args.trace, recorded(loaded.name, args.prompt, traces))}")
     return 0

@@ -74,6 +74,26 @@ class TraceEvent:
         return entry
 
 
+def row_view(event: TraceEvent, entry: RowTrace, index: int | None = None) -> dict:
+    """One forward as one row saw it (what ``trimode serve`` streams per request, and what the
+    playground draws): the batch's other rows left out, ``row.row`` set to ``index`` (a request's
+    choice index; default: the batch row), ``batch_tokens`` / ``batch_rows`` about the whole batch."""
+    row = asdict(entry)
+    if index is not None:
+        row["row"] = index
+    return {"mode": event.mode, "index": event.index, "kind": event.kind, "nfe": event.nfe,
+            "elapsed_s": event.elapsed_s, "batch_tokens": event.tokens, "batch_rows": len(event.rows), "row": row}
+
+
+def token_texts(row: dict, decode: Callable[[list[int]], str]) -> dict[str, str]:
+    """The text of every token a :func:`row_view` row names, by id, from ``decode`` (a tokenizer's).
+    One token decoded alone: a piece of a multi-byte character shows as the replacement character."""
+    ids = set(row["emitted"]) | set(row["drafted"] or []) | {c[1] for c in row["committed"] or []}
+    if row["bonus"] is not None:
+        ids.add(row["bonus"])
+    return {str(i): decode([i]) for i in sorted(ids)}
+
+
 class Trace:
     """Collects a call's events (iterate over it, or read ``events``); also a valid ``trace=`` callback."""
 
@@ -91,6 +111,10 @@ class Trace:
 
     def to_list(self) -> list[dict]:
         return [e.to_dict() for e in self.events]
+
+    def row_views(self, b: int = 0) -> list[dict]:
+        """Batch row ``b``'s view of every forward it took part in (see :func:`row_view`)."""
+        return [row_view(e, r) for e in self.events for r in e.rows if r.row == b]
 
 
 class Tracer:

@@ -13,6 +13,8 @@ Modules:
 - :mod:`.server`: ``Server``, what the endpoints share; request bodies -> checked jobs.
 - :mod:`.call`: one request in flight; worker events -> a JSON response or an SSE stream.
 - :mod:`.app`: the FastAPI app (``create_app``: routes, error handlers, lifespan) and ``serve``.
+- :mod:`.playground`: the web playground's files (``static/``, shown at ``/``) and a recorded trace
+  as a self-contained page.
 
 ``create_app`` and ``serve`` need the serving extras (fastapi, uvicorn,
 prometheus-client); they are imported on first use, so the configuration

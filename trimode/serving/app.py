@@ -23,12 +23,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..loading import Loaded, load
 from .config import REQUEST_MODES, ServerConfig
 from .metrics import CONTENT_TYPE
+from .playground import STATIC
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, ErrorResponse, error_body, validation_error
 from .server import Server
 
@@ -140,12 +142,19 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     async def metrics():
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
+    @app.get("/", include_in_schema=False)
+    async def playground():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
 
 def _model_card(server: Server) -> dict:
     return {"id": server.name, "object": "model", "created": server.created, "owned_by": "trimode",
             "context_length": server.context, "default_mode": server.config.mode,
-            "modes": list(REQUEST_MODES),
-            "has_drafter": server.has_drafter}
+            "modes": list(REQUEST_MODES), "has_drafter": server.has_drafter,
+            "block_length": server.block_length, "threshold": server.threshold,
+            "chat": bool(getattr(server.tokenizer, "chat_template", None))}
 
 
 def serve(config: ServerConfig, loaded: Loaded | None = None) -> None:

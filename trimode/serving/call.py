@@ -7,6 +7,9 @@
 - Streaming sends one chunk per decode cycle of a choice (a speculative cycle
   is one multi-token chunk, with its ``token_ids``), then the finish reason,
   the usage chunk if ``stream_options.include_usage``, and ``data: [DONE]``.
+- With ``trace: true`` a stream also carries one ``event: trace`` chunk per forward the
+  request took part in (``choices`` empty, the event in ``trace``; sent before the tokens
+  of its cycle), and a complete response a ``trace`` list; without it nothing changes.
 - A client that disconnects (streaming or not) cancels its jobs; the worker
   drops them at its next cycle, so the slot is free at once.
 - Every request is recorded once in the metrics, with its final status.
@@ -23,6 +26,7 @@ from typing import AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from ..generation.trace import token_texts
 from .protocol import APIError, error_body
 from .scheduler import GenerationParams, Job, JobEvent, JobResult
 from .text import TextAssembler
@@ -45,14 +49,20 @@ class Call:
         self.created = int(time.time())
         self.deadline = min(job.deadline for job in jobs)
         self.recorded = False
+        self.traces: list[dict] = []  # trace events, when the request asked for them
 
     @property
     def finished(self) -> bool:
         return all(r is not None for r in self.results)
 
     def on_event(self, event: JobEvent) -> tuple[str, str | None]:
-        """Apply one worker event; returns (new text, finish reason or None)."""
+        """Apply one worker event; returns (new text, finish reason or None). A trace event is kept
+        (``traces``) and returns no text."""
         i = event.index
+        if event.trace is not None:
+            event.trace["text"] = token_texts(event.trace["row"], self.server.tokenizer.decode)
+            self.traces.append(event.trace)
+            return "", None
         if event.error is not None:
             raise APIError(503 if "shutting down" in event.error else 500, event.error, None,
                            type="server_error")
@@ -116,9 +126,11 @@ class Call:
         else:
             choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
                        for i, (t, r) in enumerate(zip(parts, reasons))]
-        return JSONResponse({"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                             "created": self.created, "model": self.server.name, "choices": choices,
-                             "usage": self.usage()})
+        body = {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.server.name, "choices": choices, "usage": self.usage()}
+        if self.params.trace:
+            body["trace"] = self.traces
+        return JSONResponse(body)
 
     async def stream(self, include_usage: bool) -> AsyncIterator[str]:
         status = "cancelled"  # unless we get to the end: the client went away mid-stream
@@ -130,6 +142,9 @@ class Call:
                 while not self.finished:
                     event = await self.next_event()
                     text, reason = self.on_event(event)
+                    if event.trace is not None:
+                        yield self._sse([], trace=event.trace)
+                        continue
                     if event.tokens is not None and not text and self.texts[event.index].stopped:
                         continue  # tokens after a stop string are never shown
                     yield self._sse([self._choice(event.index, text, reason, event.tokens)])
@@ -153,11 +168,16 @@ class Call:
             choice["text"] = text
         return choice
 
-    def _sse(self, choices: list[dict], usage: dict | None = None) -> str:
+    def _sse(self, choices: list[dict], usage: dict | None = None, trace: dict | None = None) -> str:
+        """One SSE message. A trace event is a chunk of its own SSE type (``event: trace``) whose
+        ``choices`` are empty, as in the usage chunk, so OpenAI clients pass over it."""
         chunk = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                  "created": self.created, "model": self.server.name, "choices": choices}
         if usage is not None:
             chunk["usage"] = usage
+        if trace is not None:
+            chunk["trace"] = trace
+            return f"event: trace\ndata: {json.dumps(chunk)}\n\n"
         return f"data: {json.dumps(chunk)}\n\n"
 
     def usage(self) -> dict:

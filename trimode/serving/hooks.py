@@ -64,6 +64,8 @@ class ObservedStrategy:
         active = run.active
         nfe_before = run.stats.nfe
         call(run)
+        if run.tracer is not None:
+            run.tracer.flush()  # the cycle's last forward is complete: its trace goes out before its tokens
         spent = run.stats.nfe - nfe_before
         for b in active:
             self.nfe[b] += spent

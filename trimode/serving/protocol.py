@@ -3,8 +3,8 @@
 Bodies are validated strictly (``"5"`` is not an integer, ``true`` is not a
 number) and unknown fields are refused, so a typo such as ``"mdoe"`` is an
 error naming the field instead of being silently ignored. The trimode
-extensions ``mode``, ``block_length``, ``threshold`` and ``top_k`` are plain
-body fields: what the ``openai`` client sends with ``extra_body``.
+extensions ``mode``, ``block_length``, ``threshold``, ``top_k`` and ``trace`` are
+plain body fields: what the ``openai`` client sends with ``extra_body``.
 
 OpenAI fields this server cannot honour are accepted only at their neutral
 value (``n: 1``, ``echo: false``, ``logprobs: null``, zero penalties, ...);
@@ -114,6 +114,10 @@ class _Sampling(_Strict):
                                      "diffusion / speculation")
     threshold: float | None = Field(None, gt=0, le=1, description="trimode extension: diffusion confidence "
                                     "threshold; null = fixed schedule; absent = the server default")
+    trace: bool | None = Field(None, description="trimode extension: also send what each forward did "
+                               "(streaming: one `event: trace` chunk per forward, with empty `choices` and a "
+                               "`trace` field; otherwise a `trace` list in the response). See "
+                               "trimode.generation.trace for the event schema")
 
 
 class CompletionRequest(_Sampling):

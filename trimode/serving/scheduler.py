@@ -47,6 +47,7 @@ import torch
 from ..generation.loop import Request, decode
 from ..generation.modes import STRATEGIES
 from ..generation.sampling import SamplingParams
+from ..generation.trace import TraceEvent, row_view
 from .auto import AutoPolicy
 from .config import ServerConfig
 from .hooks import ObservedStrategy
@@ -76,6 +77,7 @@ class GenerationParams:
     block_length: int = 32
     threshold: float | None = 0.9
     seed: int | None = None
+    trace: bool = False  # send the request one trace event per forward it took part in
 
 
 @dataclass
@@ -97,6 +99,7 @@ class JobEvent:
     tokens: list[int] | None = None
     result: JobResult | None = None
     error: str | None = None
+    trace: dict | None = None  # one forward, as this job's row saw it (generation.trace.row_view)
 
 
 class Job:
@@ -347,7 +350,15 @@ class Scheduler:
             return batch[row].cancelled or batch[row].expired()
 
         observer = ObservedStrategy(STRATEGIES[mode](), limits, on_emit, should_stop)
-        run = decode(self.model, [job.prompt_ids for job in batch], observer, request)
+        traced = [job for job in batch if job.params.trace]
+        on_trace = None
+        if traced:
+            def on_trace(event: TraceEvent) -> None:
+                for entry in event.rows:
+                    job = batch[entry.row]
+                    if job.params.trace:
+                        job.post(JobEvent(job.index, trace=row_view(event, entry, job.index)))
+        run = decode(self.model, [job.prompt_ids for job in batch], observer, request, trace=on_trace)
 
         stats, m = run.stats, self.metrics
         m.batch_size.labels(mode).observe(len(batch))

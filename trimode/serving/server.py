@@ -124,7 +124,8 @@ class Server:
         top_p = None if body.top_p is None else max(body.top_p, MIN_TOP_P)
         return GenerationParams(
             mode=body.mode or self.config.mode, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            top_k=body.top_k or None, block_length=block_length, threshold=threshold, seed=body.seed)
+            top_k=body.top_k or None, block_length=block_length, threshold=threshold, seed=body.seed,
+            trace=bool(body.trace))
 
     # ------------------------------------------------------------ generation
     async def generate(self, body, request: Request, prompts: list[list[int]], params: GenerationParams,
