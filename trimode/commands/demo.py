@@ -105,4 +105,6 @@ def run(args: argparse.Namespace) -> int:
         print()
     print(stats_table(rows, COLUMNS))
     print(f"\n{STATS_LEGEND}\n(done in {time.perf_counter() - started:.1f}s)")
+    print("To see what each forward did: trimode generate --trace out.html \"PROMPT\" (a page), or "
+          "trimode serve and open http://127.0.0.1:8000/ (the playground).")
     return 0
