@@ -5,7 +5,7 @@
     strategy.prefill(run)          # first token(s); a mode may fuse its first draft in
     while rows are unfinished:
         strategy.step(run)         # one cycle: forwards, then run.emit(...) per row
-        run.freeze_finished()      # finished rows stop growing their cache
+        run.end_cycle()            # finished rows stop growing their cache; the cycle's trace goes out
 
 A :class:`Runner` holds everything a strategy touches: the KV cache, each
 row's *pending* token (emitted, but its keys not yet in the cache), the
@@ -186,6 +186,13 @@ class Runner:
         self.pending = last
         self.stats.emit_times.append((time.perf_counter() - self._started, emitted))
 
+    def end_cycle(self) -> None:
+        """After a cycle: finished rows are frozen, and its last trace event goes out (a trace
+        callback sees each cycle as soon as it ends, not at the next forward)."""
+        self.freeze_finished()
+        if self.tracer is not None:
+            self.tracer.flush()
+
     def freeze_finished(self) -> None:
         """Finished rows stop growing their cache, so the batch never overflows it.
 
@@ -274,12 +281,10 @@ def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request
         return run
     with torch.no_grad():
         strategy.prefill(run)
-        run.freeze_finished()
+        run.end_cycle()
         while not run.all_done():
             strategy.step(run)
-            run.freeze_finished()
-    if run.tracer is not None:
-        run.tracer.flush()
+            run.end_cycle()
     run.stats.tokens_per_row = [len(g) for g in run.generated]
     run.stats.wall_time = time.perf_counter() - run._started
     return run

@@ -10,7 +10,8 @@ Schema (every field plain JSON: ``dataclasses.asdict(event)`` or :meth:`TraceEve
     ``mode``: the decoder; ``index``: forward number in this call, from 0; ``kind``: what the
     forward was (:data:`KINDS`); ``tokens``: new tokens emitted so far, all rows, this event's
     included; ``nfe``: forwards so far, this one included; ``elapsed_s``: seconds since the call
-    started, when the forward's results were known; ``rows``: one :class:`RowTrace` per row that
+    started, when the event was complete (the forward and what the decoder did with its
+    results: acceptance, emission); ``rows``: one :class:`RowTrace` per row that
     took part (finished rows are left out).
 
 ``RowTrace``
