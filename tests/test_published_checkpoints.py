@@ -3,8 +3,8 @@
 Each published ``config.json`` text (tests/fixtures/published-configs) is used verbatim,
 with only its size fields shrunk, beside random safetensors weights written under the
 published names (``encoder.*``, ``diffusion_head.weight``). The VLM's text fields are
-loaded under the text ``model_type`` ``nemotron_labs_diffusion``: trimode registers no
-``nemotron_labs_diffusion_vlm`` model (its vision tower is not part of trimode).
+loaded under the text ``model_type`` ``nemotron_labs_diffusion`` (the ``nemotron_labs_diffusion_vlm``
+model with its vision tower is tested in tests/test_vlm_model.py).
 """
 
 import json

@@ -25,6 +25,8 @@ _EXPORTS = {
     "NemotronLabsDiffusionConfig": ".configuration",
     "TrimodeModel": ".modeling",
     "NemotronLabsDiffusionModel": ".modeling",
+    "NemotronLabsDiffusionVLMConfig": ".configuration_vlm",
+    "NemotronLabsDiffusionVLMModel": ".modeling_vlm",
     "KVCache": ".cache",
     "GenerationStats": ".generation",
     "SamplingParams": ".generation",

@@ -11,18 +11,22 @@ _registered = False
 
 
 def register_auto_classes() -> None:
-    """Register both model types (``trimode``, ``nemotron_labs_diffusion``) with
-    ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``. Idempotent."""
+    """Register the model types (``trimode``, ``nemotron_labs_diffusion``, and the VLM's
+    ``nemotron_labs_diffusion_vlm``) with ``AutoConfig``, ``AutoModel`` and
+    ``AutoModelForCausalLM``. Idempotent."""
     global _registered
     if _registered:
         return
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from .configuration import NemotronLabsDiffusionConfig, TrimodeConfig
+    from .configuration_vlm import NemotronLabsDiffusionVLMConfig
     from .modeling import NemotronLabsDiffusionModel, TrimodeModel
+    from .modeling_vlm import NemotronLabsDiffusionVLMModel
 
     for config_cls, model_cls in ((TrimodeConfig, TrimodeModel),
-                                  (NemotronLabsDiffusionConfig, NemotronLabsDiffusionModel)):
+                                  (NemotronLabsDiffusionConfig, NemotronLabsDiffusionModel),
+                                  (NemotronLabsDiffusionVLMConfig, NemotronLabsDiffusionVLMModel)):
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModel.register(config_cls, model_cls, exist_ok=True)
         AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)

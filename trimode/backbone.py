@@ -147,8 +147,9 @@ class Encoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = Rotary(config)
 
-    def forward(self, input_ids, position_ids, mask, cache):
-        x = self.embed_tokens(input_ids)
+    def forward(self, input_ids, position_ids, mask, cache, inputs_embeds: torch.Tensor | None = None):
+        """inputs_embeds (B, Q, hidden): used instead of embedding input_ids (image features placed in)."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         rope = self.rotary_emb(position_ids, x.dtype)
         for layer in self.layers:
             x = layer(x, rope, mask, cache)

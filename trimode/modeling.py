@@ -155,6 +155,7 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
         use_drafter: bool | torch.Tensor = False,
         logits_to_keep: int | torch.Tensor = 0,
         labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **unused,
     ) -> TrimodeOutput:
         """One forward pass.
@@ -177,6 +178,8 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
             logits_to_keep: 0 = logits at every position; n > 0 = the last n positions;
                 a (B, n) LongTensor = those positions of each row.
             labels: (B, Q) next-token targets for a plain AR loss (-100 = ignore).
+            inputs_embeds: (B, Q, hidden) used instead of embedding ``input_ids`` (the VLM places
+                image features in them; ``input_ids`` still give the shape).
         """
         _check_inputs(input_ids, use_drafter, unused)
         B, Q = input_ids.shape
@@ -186,7 +189,7 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
             position_ids = offset + torch.arange(Q, device=input_ids.device)[None, :].expand(B, Q)
         mask = self._build_mask(attention_mask, cache, B, Q, input_ids.device)
         set_drafter_active(self, use_drafter)
-        hidden = self._backbone(input_ids, position_ids, mask, cache)  # (B, Q, hidden)
+        hidden = self._backbone(input_ids, position_ids, mask, cache, inputs_embeds)  # (B, Q, hidden)
         if cache is not None and cache_write:
             cache.advance(Q)
         logits = self.diffusion_head(_kept(hidden, logits_to_keep))  # (B, Q', V)
@@ -196,13 +199,15 @@ class TrimodeModel(DecodingMixin, TrimodePreTrainedModel):
                                    ignore_index=-100)
         return TrimodeOutput(loss=loss, logits=logits)
 
-    def _backbone(self, input_ids, position_ids, mask, cache) -> torch.Tensor:
-        """The encoder's hidden states (B, Q, hidden): its compiled graph when one serves this width."""
+    def _backbone(self, input_ids, position_ids, mask, cache, inputs_embeds=None) -> torch.Tensor:
+        """The encoder's hidden states (B, Q, hidden): its compiled graph when one serves this width
+        (token ids only: given embeddings run eagerly)."""
         compiled = self._compiled
-        if compiled is not None and cache is not None and cache.full_width and input_ids.shape[1] in compiled.widths:
+        if (compiled is not None and inputs_embeds is None and cache is not None and cache.full_width
+                and input_ids.shape[1] in compiled.widths):
             cache.check_room(input_ids.shape[1])  # on the host, outside the graph
             return compiled(input_ids, position_ids, mask, cache)
-        return self.encoder(input_ids, position_ids, mask, cache)
+        return self.encoder(input_ids, position_ids, mask, cache, inputs_embeds=inputs_embeds)
 
     @staticmethod
     def _build_mask(attention_mask, cache, B, Q, device):
