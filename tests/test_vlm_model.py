@@ -193,3 +193,50 @@ def test_placeholder_count_and_missing_image_token_errors():
         model(prompt(), pixel_values=pixels(), image_sizes=IMAGE_SIZES)
     # Text-only forwards need no image token.
     assert model(prompt()).logits.shape == (1, 14, TEXT["vocab_size"])
+
+
+# ------------------------------------------------------------------------------- decoding with images
+def _greedy_reference(model, rows, pixel_values, image_sizes, max_new):
+    """Obvious reference: the whole batch recomputed from scratch (no cache) for every token, images in."""
+    rows = [list(r) for r in rows]
+    for _ in range(max_new):
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        logits = model(ids, pixel_values=pixel_values, image_sizes=image_sizes).logits
+        for b, r in enumerate(rows):
+            r.append(int(logits[b, len(r) - 1].argmax()))
+    return rows
+
+
+def _check(mode, rows, out, want):
+    """Lossless modes: exactly the reference tokens. Diffusion (not lossless): its first token, the
+    prefill's AR token, equals the reference's (the images are in that forward)."""
+    got = [o[:len(w)] for o, w in zip(out.tolist(), want)]
+    if mode == "diffusion":
+        assert [g[len(r)] for g, r in zip(got, rows)] == [w[len(r)] for w, r in zip(want, rows)]
+    else:
+        assert got == want
+
+
+@pytest.mark.parametrize("mode", ["ar", "diffusion", "linear-spec", "quadratic-spec"])
+def test_every_decoder_runs_on_an_image_prompt_and_speculation_equals_ar(mode):
+    model = tiny_model()
+    t = IMAGE_TOKEN
+    rows = [[1, 20, t, t, 30], [1, 50, 51], [1, t, t, t, 60, 61]]  # image 1, no image, image 2
+    want = _greedy_reference(model, rows, pixels(), IMAGE_SIZES, 9)
+    kw = dict(block_length=4, max_new_tokens=9, eos_token_id=[])
+    out, _ = model.decode_mode(mode, rows, pixel_values=pixels(), image_sizes=IMAGE_SIZES, **kw)
+    _check(mode, rows, out, want)  # batch 3: rows with and without images
+    one, _ = model.decode_mode(mode, rows[:1], pixel_values=pixels()[:1], image_sizes=IMAGE_SIZES[:1], **kw)
+    _check(mode, rows[:1], one, want[:1])  # batch 1
+    plain, _ = model.decode_mode(mode, rows[1:2], **kw)
+    _check(mode, rows[1:2], plain, want[1:2])  # a text-only prompt on the VLM
+
+
+def test_images_for_a_text_model_or_without_sizes_are_refused():
+    from helpers import tiny_model as text_model
+
+    with pytest.raises(ValueError, match="takes no images"):
+        text_model().ar_generate([[5, 6]], max_new_tokens=2, pixel_values=torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="image_sizes was given without pixel_values"):
+        tiny_model().ar_generate([[5, 6]], max_new_tokens=2, image_sizes=IMAGE_SIZES)

@@ -58,7 +58,8 @@ class NemotronLabsDiffusionVLMModel(TrimodeModel):
 
     ``model(input_ids)`` is the text model's forward. ``model(input_ids, pixel_values=...,
     image_sizes=...)`` places the image features at the ``config.image_token_id`` positions
-    first. The decoders (``generate`` etc.) run text only.
+    first. The decoders take the same two arguments: the images enter the prompt's prefill
+    forward, and every decoder runs unchanged on the cached prefix.
     """
 
     config_class = NemotronLabsDiffusionVLMConfig

@@ -89,9 +89,24 @@ def _threshold(value, config) -> float | None:
     return value
 
 
+def _prefill_images(model, pixel_values, image_sizes) -> dict:
+    """The image inputs of the prefill forward (a VLM's), or {}; refused for a model without images."""
+    if pixel_values is None:
+        if image_sizes is not None:
+            raise ValueError("image_sizes was given without pixel_values")
+        return {}
+    if not hasattr(model, "get_image_features"):
+        raise ValueError(f"pixel_values were given but {type(model).__name__} takes no images "
+                         "(a vision-language model does: NemotronLabsDiffusionVLMModel)")
+    return {"pixel_values": pixel_values, "image_sizes": image_sizes}
+
+
 class DecodingMixin:
     """``ar_generate``, ``generate`` (block diffusion), ``linear_spec_generate``, ``quadratic_spec_generate``.
 
+    Images (a vision-language model): ``pixel_values`` (N, C, H, W) and ``image_sizes`` (N, 2),
+    the images of every row in row order, each at its row's ``image_token_id`` placeholders; they
+    enter the prompt's prefill forward only, so every decoder runs unchanged after it.
     Every decoder takes ``trace=``: a callable given one :class:`~trimode.generation.trace.TraceEvent`
     per forward (a :class:`~trimode.generation.trace.Trace` collects them); tokens are the same with
     or without it.
@@ -101,7 +116,8 @@ class DecodingMixin:
 
     def _decode(self, mode: str, prompt_ids, max_new_tokens, *, attention_mask=None, eos_token_id=None,
                 temperature=0.0, top_p=None, top_k=None, generator=None, block_length=1,
-                threshold=None, steps=None, return_stats=False, trace=None):
+                threshold=None, steps=None, return_stats=False, trace=None, pixel_values=None,
+                image_sizes=None):
         if trace is not None and not callable(trace):
             raise ValueError(f"trace must be a callable taking a TraceEvent (e.g. a trimode.generation.trace.Trace), "
                              f"got {type(trace).__name__}")
@@ -121,7 +137,8 @@ class DecodingMixin:
             threshold=threshold,
             steps=steps,
         )
-        run = decode(self, prompts, STRATEGIES[mode](), request, trace=trace)
+        images = _prefill_images(self, pixel_values, image_sizes)
+        run = decode(self, prompts, STRATEGIES[mode](), request, trace=trace, prefill_inputs=images)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else (
             min(request.eos_token_ids) if request.eos_token_ids else 0)
         out = run.output_ids(pad)
@@ -132,17 +149,19 @@ class DecodingMixin:
     def ar_generate(self, prompt_ids, max_new_tokens: int = 128, eos_token_id=None, temperature: float = 0.0,
                     top_p: float | None = None, top_k: int | None = None,
                     generator: torch.Generator | None = None, attention_mask=None, return_stats: bool = False,
-                    trace=None):
+                    trace=None, pixel_values=None, image_sizes=None):
         """Autoregressive decoding: one causal forward per token (the reference)."""
         return self._decode("ar", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
-                            generator=generator, return_stats=return_stats, trace=trace)
+                            generator=generator, return_stats=return_stats, trace=trace,
+                            pixel_values=pixel_values, image_sizes=image_sizes)
 
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                  threshold=_FROM_CONFIG, eos_token_id=None, temperature: float = 0.0,
                  top_p: float | None = None, top_k: int | None = None, generator: torch.Generator | None = None,
-                 steps: int | None = None, attention_mask=None, return_stats: bool = False, trace=None):
+                 steps: int | None = None, attention_mask=None, return_stats: bool = False, trace=None,
+                 pixel_values=None, image_sizes=None):
         """Block diffusion: denoise blocks of ``block_length`` tokens in parallel.
 
         ``threshold`` (default: ``config.threshold``, 0.9): commit every masked position
@@ -153,29 +172,34 @@ class DecodingMixin:
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
                             generator=generator, block_length=_block_length(block_length, self, "diffusion"),
                             threshold=_threshold(threshold, self.config), steps=steps,
-                            return_stats=return_stats, trace=trace)
+                            return_stats=return_stats, trace=trace,
+                            pixel_values=pixel_values, image_sizes=image_sizes)
 
     @torch.no_grad()
     def linear_spec_generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                              eos_token_id=None, temperature: float = 0.0, top_p: float | None = None,
                              top_k: int | None = None, generator: torch.Generator | None = None,
-                             attention_mask=None, return_stats: bool = False, trace=None):
+                             attention_mask=None, return_stats: bool = False, trace=None,
+                             pixel_values=None, image_sizes=None):
         """Linear self-speculation: diffusion draft (LoRA drafter on) + causal verify; lossless."""
         return self._decode("linear-spec", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
                             generator=generator, block_length=_block_length(block_length, self, "linear-spec"),
-                            return_stats=return_stats, trace=trace)
+                            return_stats=return_stats, trace=trace,
+                            pixel_values=pixel_values, image_sizes=image_sizes)
 
     @torch.no_grad()
     def quadratic_spec_generate(self, prompt_ids, max_new_tokens: int = 128, block_length: int | str | None = None,
                                 eos_token_id=None, temperature: float = 0.0, top_p: float | None = None,
                                 top_k: int | None = None, generator: torch.Generator | None = None,
-                                attention_mask=None, return_stats: bool = False, trace=None):
+                                attention_mask=None, return_stats: bool = False, trace=None,
+                             pixel_values=None, image_sizes=None):
         """Quadratic self-speculation: draft and verify fused in one forward per cycle; lossless."""
         return self._decode("quadratic-spec", prompt_ids, max_new_tokens, attention_mask=attention_mask,
                             eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
                             generator=generator, block_length=_block_length(block_length, self, "quadratic-spec"),
-                            return_stats=return_stats, trace=trace)
+                            return_stats=return_stats, trace=trace,
+                            pixel_values=pixel_values, image_sizes=image_sizes)
 
     def decode_mode(self, mode: str, prompt_ids, **kwargs):
         """Dispatch by mode name (``ar``, ``diffusion``, ``linear-spec``, ``quadratic-spec``)."""

@@ -89,6 +89,7 @@ class Runner:
         self._in_prefill = True
         self._started = time.perf_counter()
         self.tracer: Tracer | None = None  # set by decode(trace=...): one event per forward
+        self.prefill_inputs: dict = {}  # extra inputs of the first forward only (a VLM's images)
 
     # ---------------------------------------------------------------- forwards
     def forward(self, tokens: torch.Tensor, *, positions: torch.Tensor | None = None,
@@ -99,8 +100,9 @@ class Runner:
         ``drafter``: the LoRA drafter off, on, or on at the True positions of a (Q,) or (B, Q)
         bool tensor. ``kind``: what the forward is for, as a trace names it (:mod:`.trace`)."""
         start = time.perf_counter()
+        extra, self.prefill_inputs = self.prefill_inputs, {}  # the prompt's images: its first forward only
         out = self.model(tokens, position_ids=positions, attention_mask=pattern, past_key_values=self.cache,
-                         cache_write=write, use_drafter=drafter, logits_to_keep=keep)
+                         cache_write=write, use_drafter=drafter, logits_to_keep=keep, **extra)
         elapsed = time.perf_counter() - start
         self.stats.nfe += 1
         if self._in_prefill:
@@ -266,11 +268,14 @@ def decoding_cache(model, batch: int, capacity: int) -> KVCache:
 
 
 def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request,
-           trace: Callable[[TraceEvent], None] | None = None) -> Runner:
+           trace: Callable[[TraceEvent], None] | None = None, prefill_inputs: dict | None = None) -> Runner:
     """Run ``strategy`` on ``prompts`` until every row has finished. Returns the runner (state + stats).
 
-    ``trace``: called with one :class:`~.trace.TraceEvent` per forward (see :mod:`.trace`)."""
+    ``trace``: called with one :class:`~.trace.TraceEvent` per forward (see :mod:`.trace`).
+    ``prefill_inputs``: extra keyword inputs of the first (prefill) forward, e.g. a VLM's
+    ``pixel_values`` and ``image_sizes``: the images become part of the cached prompt."""
     run = Runner(model, prompts, private_generator(request, next(model.parameters()).device), strategy.name)
+    run.prefill_inputs = dict(prefill_inputs or {})
     if trace is not None:
         run.tracer = Tracer(trace, strategy.name, run._started)
     max_prompt = max(len(p) for p in prompts)
