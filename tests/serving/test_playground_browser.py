@@ -39,13 +39,15 @@ def shots(tmp_path_factory) -> Path:
 class Page:
     """The playground open in a fresh page, with the console errors it logs."""
 
-    def __init__(self, browser, live):
+    def __init__(self, browser, url: str, state: str = "ready", offline: bool = False):
         self.page = browser.new_page(viewport={"width": 1366, "height": 900})
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.goto(live.url + "/")
-        self.page.wait_for_selector("body[data-state=ready]")
+        if offline:  # a saved page: every request but the file itself is refused
+            self.page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else r.abort())
+        self.page.goto(url)
+        self.page.wait_for_selector(f"body[data-state={state}]")
 
     def run(self, mode: str, prompt: str = SETTINGS["prompt"], block_length: int = SETTINGS["block_length"],
             click: bool = False):
@@ -84,7 +86,7 @@ def expected(live, mode: str) -> dict:
 def test_each_mode_renders_what_its_trace_says(browser, server, accepting_server, shots, mode, model):
     live = server if model == "random" else accepting_server
     want = expected(live, mode)
-    page = Page(browser, live)
+    page = Page(browser, live.url + "/")
     page.run(mode)
     panel = f".panel[data-mode='{mode}']"
     assert page.count(f"{panel} .output .tok") >= want["tokens"] > 0
@@ -102,7 +104,7 @@ def test_each_mode_renders_what_its_trace_says(browser, server, accepting_server
 
 
 def test_the_race_runs_all_four_side_by_side(browser, accepting_server, shots):
-    page = Page(browser, accepting_server)
+    page = Page(browser, accepting_server.url + "/")
     page.page.fill("#threshold", "0.9")  # not a multiple of any step the field might declare
     page.run("race", click=True)
     for mode in MODES:
@@ -121,7 +123,7 @@ def test_the_race_runs_all_four_side_by_side(browser, accepting_server, shots):
     ("def f():", 100000, "block_length=100000 is too large"),
 ])
 def test_bad_inputs_show_the_servers_message(browser, server, prompt, block_length, message):
-    page = Page(browser, server)
+    page = Page(browser, server.url + "/")
     page.run("ar" if block_length == 4 else "linear-spec", prompt=prompt, block_length=block_length)
     assert page.page.locator("#error").is_visible()
     assert message in page.text("#error")
@@ -135,16 +137,10 @@ def test_a_recorded_trace_page_draws_offline(browser, tmp_path, shots):
     out = tmp_path / "trace.html"
     assert main(["generate", "--model", str(SHIPPED_MODEL), "--max-new-tokens", "12", "--block-length", "4",
                  "--trace", str(out), "def add(a, b):"]) == 0
-    page = browser.new_page(viewport={"width": 1366, "height": 900})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.route("**/*", lambda route: route.abort() if not route.request.url.startswith("file:") else route.continue_())
-    page.goto(out.as_uri())
-    page.wait_for_selector("body[data-state=done]")
-    assert page.locator("#controls").is_hidden() and "def add(a, b):" in page.locator("#prompt-shown").inner_text()
+    page = Page(browser, out.as_uri(), state="done", offline=True)
+    assert page.page.locator("#controls").is_hidden() and "def add(a, b):" in page.text("#prompt-shown")
     for mode in MODES:
-        assert page.locator(f".panel[data-mode='{mode}'] .output .tok").count() >= 12
-        assert page.locator(f".panel[data-mode='{mode}'] .tokens").inner_text() == "12"
-    page.screenshot(path=str(shots / "recorded.png"), full_page=True)
-    assert errors == []
+        assert page.count(f".panel[data-mode='{mode}'] .output .tok") >= 12
+        assert page.text(f".panel[data-mode='{mode}'] .tokens") == "12"
+    page.page.screenshot(path=str(shots / "recorded.png"), full_page=True)
+    assert page.errors == []
