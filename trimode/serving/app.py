@@ -162,4 +162,7 @@ def serve(config: ServerConfig, loaded: Loaded | None = None) -> None:
     import uvicorn
 
     app = create_app(config, loaded)
+    if config.port:  # port 0: uvicorn picks one and says which
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+        print(f"trimode: the playground will be at http://{host}:{config.port}/ (the API under /v1)", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
