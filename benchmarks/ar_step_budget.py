@@ -32,7 +32,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from fast_forwards import environment, prompt_ids  # noqa: E402
+from fast_forwards import environment, prompt_ids, publish  # noqa: E402
 
 
 def read_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
@@ -103,11 +103,7 @@ def main() -> int:
               "environment": environment(), "streamed_bytes_per_token": nbytes, "rounds": args.rounds,
               "median": med, "samples": parts}
     text = markdown(report)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    publish(text, report, args.out)
     return 0
 
 

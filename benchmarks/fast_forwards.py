@@ -199,12 +199,17 @@ def main() -> int:
             runs["new"][0][k]["output"] == runs["old"][0][k]["output"] for k in runs["new"][0]
             if runs["new"][0][k]["output"] is not None)
     text = markdown(report, args)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    publish(text, report, args.out)
     return 0
+
+
+def publish(text: str, report: dict, out: str | None) -> None:
+    """Print the markdown report; with ``out``, write it there and the raw figures beside it as JSON."""
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        Path(out).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 def markdown(rep: dict, args) -> str:
