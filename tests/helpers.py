@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -13,6 +15,9 @@ from trimode.modeling import TrimodeOutput, scaled_init_
 TINY_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64,
              "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
              "llama_4_scaling_beta": 0.1}
+# TRIMODE_TEST_DEVICE=cuda runs the tiny models (and the generators that sample on them) on a GPU:
+# the suite's exactness and batching proofs then hold on the device users decode on.
+TEST_DEVICE = torch.device(os.environ.get("TRIMODE_TEST_DEVICE", "cpu"))
 MASK_ID = 3
 EOS_ID = 2
 
@@ -29,7 +34,12 @@ def tiny_model(seed: int = 0, std: float = 0.6, **overrides) -> trimode.TrimodeM
     """A random tiny model. A large init scale spreads the logits, so greedy argmax ties never decide a test."""
     torch.manual_seed(seed)
     model = trimode.TrimodeModel(tiny_config(**overrides)).eval()
-    return scaled_init_(model, std, torch.Generator().manual_seed(seed))
+    return scaled_init_(model, std, torch.Generator().manual_seed(seed)).to(TEST_DEVICE)
+
+
+def device_generator(seed: int) -> torch.Generator:
+    """A seeded generator on the tiny models' device (a decoder refuses one on another device)."""
+    return torch.Generator(device=TEST_DEVICE).manual_seed(seed)
 
 
 def random_prompts(gen: torch.Generator, n: int, low: int = 2, high: int = 12, vocab: int = 48) -> list[list[int]]:

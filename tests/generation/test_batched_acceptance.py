@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import EOS_ID, MASK_ID, random_prompts, tiny_model
+from helpers import EOS_ID, MASK_ID, device_generator, random_prompts, tiny_model
 
 import trimode
 from trimode.generation.loop import Request, decode
@@ -295,7 +295,7 @@ class _CountingStrategy:
 def _reads_per_cycle(mode, layers, rows, reads, sampling=GREEDY):
     model = tiny_model(seed=3, num_hidden_layers=layers)
     prompts = random_prompts(torch.Generator().manual_seed(rows), rows)
-    generator = None if sampling.greedy else torch.Generator().manual_seed(0)
+    generator = None if sampling.greedy else device_generator(0)
     request = Request(max_new_tokens=13, eos_token_ids=frozenset(), sampling=sampling, generator=generator,
                       block_length=4)
     strategy = _CountingStrategy(STRATEGIES[mode](), reads)

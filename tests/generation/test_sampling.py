@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import device_generator, tiny_model
 from scipy.stats import chi2_contingency
 
 from trimode.generation.loop import Request, private_generator
@@ -16,7 +16,7 @@ ROWS = 3000
 
 def _pairs(model, mode, seed):
     """Sample (token 2, token 3) of many rows at once: these come from one speculative cycle."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = device_generator(seed)
     prompts = [[4, 5, 1]] * ROWS
     out, _, stats = model.decode_mode(mode, prompts, max_new_tokens=3, block_length=3, temperature=1.0,
                                       generator=gen, eos_token_id=[], return_stats=True)
@@ -44,7 +44,7 @@ def test_chi_square_detects_a_biased_sampler():
     """Power check: the same test rejects a sampler that is off by a little."""
     model = tiny_model(seed=11, std=0.25, vocab_size=6, mask_token_id=3)
     ar, _ = _pairs(model, "ar", 0)
-    gen = torch.Generator().manual_seed(5)
+    gen = device_generator(5)
     prompts = [[4, 5, 1]] * ROWS
     hot, _ = model.ar_generate(prompts, max_new_tokens=3, temperature=1.3, generator=gen, eos_token_id=[])
     biased = [tuple(r) for r in hot[:, 4:6].tolist()]
@@ -83,9 +83,9 @@ def test_seeded_generation_is_reproducible_and_uses_no_global_rng():
     model = tiny_model(seed=2)
     kw = dict(max_new_tokens=12, temperature=0.8, top_k=20, eos_token_id=[])
     for mode in ("ar", "diffusion", "linear-spec", "quadratic-spec"):
-        a, _ = model.decode_mode(mode, [[5, 6, 7]], generator=torch.Generator().manual_seed(3), **kw)
+        a, _ = model.decode_mode(mode, [[5, 6, 7]], generator=device_generator(3), **kw)
         torch.manual_seed(123)  # the global RNG must not matter
-        b, _ = model.decode_mode(mode, [[5, 6, 7]], generator=torch.Generator().manual_seed(3), **kw)
+        b, _ = model.decode_mode(mode, [[5, 6, 7]], generator=device_generator(3), **kw)
         assert torch.equal(a, b), mode
 
 

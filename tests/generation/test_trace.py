@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from helpers import StubModel, random_prompts, stub_decode, tiny_model, truth
+from helpers import StubModel, device_generator, random_prompts, stub_decode, tiny_model, truth
 
 from trimode.generation.trace import KINDS, Trace
 
@@ -109,7 +109,7 @@ def test_tracing_changes_no_token_and_the_emitted_tokens_are_the_output(mode, te
     kw = dict(max_new_tokens=13, block_length=4, temperature=temperature, eos_token_id=[2])
 
     def run(trace=None):
-        gen = torch.Generator().manual_seed(11) if temperature else None
+        gen = device_generator(11) if temperature else None
         return model.decode_mode(mode, prompts, generator=gen, trace=trace, return_stats=True, **kw)
 
     plain, nfe, stats = run()
