@@ -174,6 +174,19 @@ def markdown(rep: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def command() -> str:
+    return "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
+
+
+def save(rep: dict, args) -> None:
+    """Write the report so far (markdown, and the raw figures as JSON beside it)."""
+    rep["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(markdown(rep, command()))
+        Path(args.out).with_suffix(".json").write_text(json.dumps(rep, indent=1) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="write the markdown report here (and its JSON beside it)")
@@ -204,6 +217,7 @@ def main() -> int:
             rep["syncs"][f"{mode}@{batch}"] = count_syncs(model, mode, rows, args)
             print(f"{mode}@{batch}: {rep['modes'][f'{mode}@{batch}']} syncs {rep['syncs'][f'{mode}@{batch}']} "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    save(rep, args)  # the modes are kept even if compiling below runs out of time
     if not args.no_compile:
         for batch in args.batches:
             try:
@@ -212,13 +226,8 @@ def main() -> int:
                 rep["compiled"][str(batch)] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
             print(f"compiled AR@{batch}: {rep['compiled'][str(batch)]} ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
-    rep["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    text = markdown(rep, "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]))
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(rep, indent=1) + "\n")
+            save(rep, args)
+    print(markdown(rep, command()))
     return 0
 
 
