@@ -112,6 +112,22 @@ def count_syncs(model, mode: str, rows, args) -> dict:
             "first": messages[0].splitlines()[0] if messages else None}
 
 
+def agreement(model, batch: int, args) -> dict:
+    """Greedy tokens of each speculative mode against AR's, in this dtype: rows identical, and the
+    first position where a row differs. In bfloat16 a k-token forward rounds differently from k
+    one-token forwards, so a near-tie in the logits can flip (float32 on CPU: identical, tested)."""
+    rows = prompts(batch, args.prompt_tokens, model.config.vocab_size)
+    kw = dict(max_new_tokens=64, eos_token_id=[])
+    ref = model.ar_generate(rows, **kw)[0][:, args.prompt_tokens:]
+    out = {}
+    for mode in ("linear-spec", "quadratic-spec"):
+        got = model.decode_mode(mode, rows, block_length=args.block, **kw)[0][:, args.prompt_tokens:]
+        differs = (got != ref).int()
+        first = [int(d.argmax()) if d.any() else None for d in differs]
+        out[mode] = {"identical_rows": sum(f is None for f in first), "rows": batch, "first_difference": first}
+    return out
+
+
 def compiled_ar(model, batch: int, args) -> dict:
     rows = prompts(batch, args.prompt_tokens, model.config.vocab_size)
     kw = dict(max_new_tokens=args.new_tokens, eos_token_id=[], return_stats=True)
@@ -161,6 +177,12 @@ def markdown(rep: dict, command: str) -> str:
         r = rep["modes"].get(f"{mode}@1")
         if r:
             lines += [f"| {mode} | {t} | {1e3 * t / r['ms_per_cycle']:.0f} |" for t in (1, 3, 5)]
+    if rep.get("agreement"):
+        lines += ["", "## Greedy tokens against AR's (64 new tokens per row, this dtype)", "",
+                  "| mode | batch | rows identical to AR | first differing position per row |", "|---|---|---|---|"]
+        for batch, modes in rep["agreement"].items():
+            for mode, a in modes.items():
+                lines.append(f"| {mode} | {batch} | {a['identical_rows']} / {a['rows']} | {a['first_difference']} |")
     if rep.get("compiled"):
         lines += ["", "## AR with compiled forwards (CUDA graphs)", "",
                   "| batch | eager tokens/s | compiled tokens/s | first call s | same tokens |", "|---|---|---|---|---|"]
@@ -206,7 +228,7 @@ def main() -> int:
                            "cuda": torch.version.cuda, "commit": args.commit},
            "parameters": sum(p.numel() for p in model.parameters()), "prompt_tokens": args.prompt_tokens,
            "new_tokens": args.new_tokens, "block": args.block, "repeats": args.repeats,
-           "modes": {}, "syncs": {}, "compiled": {}}
+           "modes": {}, "syncs": {}, "agreement": {}, "compiled": {}}
     t0 = time.perf_counter()
     rep["forward_costs"] = forward_costs(model, 512, repeats=10)
     print(f"forward costs done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -217,6 +239,9 @@ def main() -> int:
             rep["syncs"][f"{mode}@{batch}"] = count_syncs(model, mode, rows, args)
             print(f"{mode}@{batch}: {rep['modes'][f'{mode}@{batch}']} syncs {rep['syncs'][f'{mode}@{batch}']} "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    for batch in args.batches:
+        rep["agreement"][str(batch)] = agreement(model, batch, args)
+        print(f"agreement@{batch}: {rep['agreement'][str(batch)]}", file=sys.stderr, flush=True)
     save(rep, args)  # the modes are kept even if compiling below runs out of time
     if not args.no_compile:
         for batch in args.batches:

@@ -4,7 +4,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from helpers import tiny_model
+from helpers import TEST_DEVICE, tiny_model
 
 from trimode import joint_loss
 from trimode.masks import quadratic_pattern, training_mask, with_prefix
@@ -56,9 +56,9 @@ def test_joint_loss_equals_hand_computation():
     model = tiny_model(seed=7, std=0.3)
     torch.manual_seed(0)
     L, B = 6, 3
-    x0 = torch.randint(4, 48, (2, L))
-    masked = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1]], dtype=torch.bool)
-    p = torch.tensor([0.5, 0.25])
+    x0 = torch.randint(4, 48, (2, L)).to(TEST_DEVICE)
+    masked = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1]], dtype=torch.bool, device=TEST_DEVICE)
+    p = torch.tensor([0.5, 0.25], device=TEST_DEVICE)
     xt = torch.where(masked, torch.full_like(x0, 3), x0)
     out = joint_loss(model, x0, block_size=B, alpha=0.3, corruption=(xt, masked, p))
 
@@ -73,9 +73,9 @@ def test_joint_loss_equals_hand_computation():
         for blk in range(math.ceil(L / B)):
             s, e = blk * B, min(L, blk * B + B)
             ids = torch.cat([x0[r, :s], xt[r, s:e]])[None]
-            m = torch.ones(e, e, dtype=torch.bool).tril()
+            m = torch.ones(e, e, dtype=torch.bool, device=TEST_DEVICE).tril()
             m[s:, s:] = True
-            logits = model(ids, position_ids=torch.arange(e)[None], attention_mask=m).logits[0]
+            logits = model(ids, position_ids=torch.arange(e, device=TEST_DEVICE)[None], attention_mask=m).logits[0]
             for i in range(s, e):
                 if masked[r, i]:
                     diff_sum += F.cross_entropy(logits[i], x0[r, i]).item() / p[r].item()
@@ -88,8 +88,8 @@ def test_joint_loss_equals_hand_computation():
 
 def test_joint_loss_respects_loss_mask_and_backprops():
     model = tiny_model(seed=8, std=0.1)
-    x0 = torch.randint(4, 48, (3, 8))
-    loss_mask = torch.zeros(3, 8, dtype=torch.bool)
+    x0 = torch.randint(4, 48, (3, 8)).to(TEST_DEVICE)
+    loss_mask = torch.zeros(3, 8, dtype=torch.bool, device=TEST_DEVICE)
     loss_mask[:, 5:] = True
     out = joint_loss(model, x0, loss_mask=loss_mask, generator=torch.Generator().manual_seed(0))
     assert out.n_ar_tokens == 3 * 3  # targets at positions 5, 6, 7

@@ -2,11 +2,14 @@
 
 import pytest
 import torch
-from helpers import random_prompts, tiny_model
+from helpers import TEST_DEVICE, random_prompts, tiny_model
 from peft import LoraConfig, get_peft_model
 
 import trimode
 from trimode.projections import Projection, base_projection
+
+# oneDNN's packed layout is a CPU one: pack_weights leaves CUDA weights as they are.
+pytestmark = pytest.mark.skipif(TEST_DEVICE.type != "cpu", reason="weight packing is for CPU inference")
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

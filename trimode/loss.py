@@ -49,9 +49,12 @@ def corrupt(input_ids: torch.Tensor, mask_token_id: int, loss_mask: torch.Tensor
     """
     B, L = input_ids.shape
     dev = input_ids.device
-    t = torch.rand(B, generator=generator, device=dev)
+    # Drawn where the generator lives (a seeded CPU generator gives the same corruption whatever
+    # device trains), then moved: two small tensors per call.
+    draw = generator.device if generator is not None else dev
+    t = torch.rand(B, generator=generator, device=draw).to(dev)
     p = (1 - eps) * t + eps
-    masked = torch.rand(B, L, generator=generator, device=dev) < p[:, None]
+    masked = torch.rand(B, L, generator=generator, device=draw).to(dev) < p[:, None]
     if loss_mask is not None:
         masked &= loss_mask.bool()
     xt = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)

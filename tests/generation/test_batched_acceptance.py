@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import EOS_ID, MASK_ID, device_generator, random_prompts, tiny_model
+from helpers import EOS_ID, MASK_ID, TEST_DEVICE, device_generator, random_prompts, tiny_model
 
 import trimode
 from trimode.generation.loop import Request, decode
@@ -260,13 +260,13 @@ def test_forwards_over_a_ragged_cache_read_nothing_back(reads):
     model = tiny_model(seed=1, num_hidden_layers=3)
     cache = trimode.KVCache.for_model(model, 3, 32)
     with torch.no_grad():
-        model(torch.randint(4, 48, (3, 6)), past_key_values=cache)
+        model(torch.randint(4, 48, (3, 6), device=TEST_DEVICE), past_key_values=cache)
         cache.crop([6, 3, 5])
         reads.clear()
-        model(torch.randint(4, 48, (3, 2)), past_key_values=cache)  # causal write, ragged rows
-        model(torch.randint(4, 48, (3, 3)), attention_mask=block_pattern(3), past_key_values=cache,
+        model(torch.randint(4, 48, (3, 2), device=TEST_DEVICE), past_key_values=cache)  # causal write, ragged rows
+        model(torch.randint(4, 48, (3, 3), device=TEST_DEVICE), attention_mask=block_pattern(3, device=TEST_DEVICE), past_key_values=cache,
               cache_write=False)  # peek
-        model(torch.randint(4, 48, (3, 1)), past_key_values=cache)
+        model(torch.randint(4, 48, (3, 1), device=TEST_DEVICE), past_key_values=cache)
     assert sum(reads.values()) == 0, reads
     assert cache.host_lengths == [9, 6, 8]
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import random_prompts, tiny_model
+from helpers import TEST_DEVICE, random_prompts, tiny_model
 
 import trimode
 from trimode.masks import block_pattern
@@ -10,7 +10,7 @@ from trimode.masks import block_pattern
 
 def test_cached_step_logits_equal_uncached():
     model = tiny_model(seed=1)
-    ids = torch.randint(4, 48, (2, 13))
+    ids = torch.randint(4, 48, (2, 13)).to(TEST_DEVICE)
     full = model(ids).logits
     cache = trimode.KVCache.for_model(model, 2, 32)
     parts = [model(ids[:, :5], past_key_values=cache).logits]
@@ -22,10 +22,10 @@ def test_cached_step_logits_equal_uncached():
 
 def test_peek_does_not_commit_and_write_equals_recompute():
     model = tiny_model(seed=2)
-    ids = torch.randint(4, 48, (1, 9))
+    ids = torch.randint(4, 48, (1, 9)).to(TEST_DEVICE)
     cache = trimode.KVCache.for_model(model, 1, 32)
     model(ids[:, :6], past_key_values=cache)
-    block = torch.tensor([[ids[0, 6], 3, 3]])
+    block = torch.tensor([[ids[0, 6], 3, 3]], device=TEST_DEVICE)
     peek = model(block, attention_mask=block_pattern(3), past_key_values=cache, cache_write=False).logits
     assert cache.lengths.tolist() == [6]
     # Uncached reference of the same peek: prefix causal, block bidirectional.
@@ -69,6 +69,6 @@ def test_left_padded_tensor_with_attention_mask():
 
 def test_padding_mask_forward_matches_unpadded():
     model = tiny_model(seed=6)
-    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
-    out = model(ids, attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])).logits
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]], device=TEST_DEVICE)
+    out = model(ids, attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], device=TEST_DEVICE)).logits
     assert torch.allclose(out[1, :2], model(ids[1:, :2]).logits[0], atol=1e-4)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import random_prompts, tiny_model
+from helpers import TEST_DEVICE, random_prompts, tiny_model
 from peft import LoraConfig, PeftModel, get_peft_model
 
 import trimode
@@ -29,7 +29,7 @@ def _with_saved_adapter(tmp_path, targets=("o_proj",)):
 def test_adapter_only_in_draft_forwards(tmp_path, targets):
     base, peft = _with_saved_adapter(tmp_path, targets)
     inner = peft.model
-    ids = torch.randint(4, 48, (1, 8))
+    ids = torch.randint(4, 48, (1, 8)).to(TEST_DEVICE)
     assert torch.equal(inner(ids).logits, base(ids).logits)  # plain / AR forward: adapter off
     assert not torch.allclose(inner(ids, use_drafter=True).logits, base(ids).logits)
 
@@ -40,8 +40,8 @@ def test_adapter_gated_per_position(tmp_path, targets):
     groups): positions before the first gated one compute exactly the base model."""
     base, peft = _with_saved_adapter(tmp_path, targets)
     inner = peft.model
-    ids = torch.randint(4, 48, (2, 8))
-    gate = torch.arange(8) >= 5
+    ids = torch.randint(4, 48, (2, 8)).to(TEST_DEVICE)
+    gate = torch.arange(8, device=TEST_DEVICE) >= 5
     ref, gated = base(ids).logits, inner(ids, use_drafter=gate).logits
     assert torch.equal(gated[:, :5], ref[:, :5])  # causal: they never see a gated position
     assert not torch.allclose(gated[:, 5:], ref[:, 5:])
@@ -71,11 +71,11 @@ def test_adapter_changes_drafts_not_output(tmp_path, targets):
 
 
 def _draft_tokens(model, prompts):
-    block = torch.tensor([[prompts[0][-1], 3, 3, 3]])
+    block = torch.tensor([[prompts[0][-1], 3, 3, 3]], device=TEST_DEVICE)
     cache = trimode.KVCache.for_model(model, 1, 32)
-    model(torch.tensor([prompts[0][:-1]]), past_key_values=cache)
+    model(torch.tensor([prompts[0][:-1]], device=TEST_DEVICE), past_key_values=cache)
     from trimode.masks import block_pattern
-    return model(block, attention_mask=block_pattern(4), past_key_values=cache, cache_write=False,
+    return model(block, attention_mask=block_pattern(4, device=TEST_DEVICE), past_key_values=cache, cache_write=False,
                  use_drafter=True).logits.argmax(-1).tolist()
 
 
@@ -90,7 +90,7 @@ def test_lora_trains_on_the_joint_loss_in_the_diffusion_stream_only():
     from trimode.loss import corrupt, joint_loss
 
     base, peft = _lora_on_every_projection()
-    ids = torch.randint(4, 48, (4, 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(4, 48, (4, 16), generator=torch.Generator().manual_seed(0)).to(TEST_DEVICE)
     corruption = corrupt(ids, base.config.mask_token_id, generator=torch.Generator().manual_seed(1))
     reference = joint_loss(base, ids, corruption=corruption)
     trainable = [p for p in peft.parameters() if p.requires_grad]
@@ -106,7 +106,7 @@ def test_lora_trains_on_the_joint_loss_in_the_diffusion_stream_only():
         first = first if first is not None else out
         assert torch.equal(out.ar_loss, reference.ar_loss)  # clean stream: the base model
     assert out.diffusion_loss < first.diffusion_loss
-    probe = torch.randint(4, 48, (2, 10), generator=torch.Generator().manual_seed(2))
+    probe = torch.randint(4, 48, (2, 10), generator=torch.Generator().manual_seed(2)).to(TEST_DEVICE)
     with torch.no_grad():
         assert torch.equal(peft.model(probe).logits, base(probe).logits)  # AR / verification forwards: off
         assert not torch.allclose(peft.model(probe, use_drafter=True).logits, base(probe).logits)
@@ -116,7 +116,7 @@ def test_joint_loss_adapter_scope():
     from trimode.loss import corrupt, joint_loss
 
     base, peft = _lora_on_every_projection()
-    ids = torch.randint(4, 48, (2, 12), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(4, 48, (2, 12), generator=torch.Generator().manual_seed(0)).to(TEST_DEVICE)
     corruption = corrupt(ids, base.config.mask_token_id, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for p in peft.parameters():
@@ -159,7 +159,7 @@ def test_adapters_injected_after_forwards_are_switched_too():
     """The adapter layers are looked up once per adapter set: one injected after the model
     already ran must still be off in plain forwards and on in draft forwards."""
     model = tiny_model(seed=3)
-    ids = torch.randint(4, 48, (1, 6))
+    ids = torch.randint(4, 48, (1, 6)).to(TEST_DEVICE)
     base = model(ids).logits
     inner = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules=ALL_PROJECTIONS,
                                              init_lora_weights=False)).model

@@ -32,7 +32,8 @@ def _free_port() -> int:
 @pytest.mark.parametrize("stage", ["joint", "sft"])
 def test_two_processes_match_one_process(tmp_path, ar_dir, stage):
     # code_replay=0: tasks only, so 4 steps of 4 sequences reliably lower the loss (the sanity check below)
-    settings = dict(steps=STEPS, eval_batches=0, checkpoint_interval=0, block_sizes=[4, 8], code_replay=0.0)
+    settings = dict(steps=STEPS, eval_batches=0, checkpoint_interval=0, block_sizes=[4, 8], code_replay=0.0,
+                    device="cpu")  # gloo on CPU, also where a GPU is visible
     one = tmp_path / "one"
     train(debug_config(stage, micro_batch=2 * B, **settings), out=one, init=ar_dir)
     accum = tmp_path / "accum"
@@ -43,7 +44,7 @@ def test_two_processes_match_one_process(tmp_path, ar_dir, stage):
            "--master-port", str(_free_port()), "-m", "trimode.cli", "train", "--stage", stage, "--preset", "debug",
            "--init", str(ar_dir), "--out", str(two), "--micro-batch", str(B), "--steps", str(STEPS),
            "--no-progress", "--set", "eval_batches=0", "--set", "checkpoint_interval=0", "--set", "block_sizes=4,8",
-           "--set", "code_replay=0"]
+           "--set", "code_replay=0", "--set", "device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import TEST_DEVICE, tiny_model
 from training_helpers import debug_config
 
 from trimode.cache import KVCache
@@ -161,7 +161,7 @@ def test_checkpoint_roundtrip_is_exact(tmp_path):
 # ------------------------------------------------------------------ per-sample draws and sharding
 def test_draws_depend_only_on_global_sample_index():
     cfg = debug_config("joint", block_sizes=[4, 8])
-    obj = JointObjective(cfg, tiny_model().config, torch.device("cpu"))
+    obj = JointObjective(cfg, tiny_model().config, TEST_DEVICE)
     batch = {"input_ids": torch.randint(4, 48, (4, 16), generator=torch.Generator().manual_seed(0))}
     whole = obj.prepare(batch, step=3, first_index=0, purpose="train")
     parts = [obj.prepare(mb, 3, idx, "train") for mb, idx in micro_batches(batch, 0, 2)]
@@ -190,7 +190,7 @@ def test_batched_draft_forward_equals_inference_draft(targets):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    obj = DrafterObjective(cfg, model, torch.device("cpu"))
+    obj = DrafterObjective(cfg, model, TEST_DEVICE)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(4, 48, (n,), generator=g).tolist() for n in (3, 7, 11)]
     conts = [torch.randint(4, 48, (n,), generator=g).tolist() for n in (12, 20, 1)]
@@ -211,7 +211,7 @@ def test_batched_draft_forward_equals_inference_draft(targets):
                                    x["tokens"][i, start + 1:start + B][targets[1:] != -100])
                 cache = KVCache.for_model(model, 1, 64)
                 model(x["tokens"][i:i + 1, :start], past_key_values=cache)  # adapter off: as at inference
-                want = model(block[None], attention_mask=block_pattern(B), past_key_values=cache, cache_write=False,
+                want = model(block[None], attention_mask=block_pattern(B, device=TEST_DEVICE), past_key_values=cache, cache_write=False,
                              use_drafter=True).logits[0]
                 assert (want - logits[i, k * B:(k + 1) * B]).abs().max().item() < 1e-4
                 checked += 1

@@ -54,7 +54,8 @@ def sampled_prompts(model, n: int, seed: int) -> list[list[int]]:
     """``n`` prompts sampled from the model itself after BOS (seeded): text the model finds plausible."""
     cfg = model.config
     bos = cfg.bos_token_id if cfg.bos_token_id is not None else 1
-    gen = torch.Generator().manual_seed(seed)
+    # On the model's device: a decoder refuses a generator on another device.
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     prompts = []
     for _ in range(n):
         out, _ = model.ar_generate([[bos]], max_new_tokens=16, temperature=1.0, generator=gen, eos_token_id=[])

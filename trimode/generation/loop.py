@@ -264,7 +264,7 @@ def decoding_cache(model, batch: int, capacity: int) -> KVCache:
     compiled = getattr(model, "compiled_forwards", None)
     if compiled is None:
         return KVCache.for_model(model, batch, capacity)
-    return KVCache.for_model(model, batch, compiled.capacity_for(capacity), full_width=True)
+    return compiled.cache_for(model, batch, capacity)
 
 
 def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request,
@@ -284,12 +284,17 @@ def decode(model, prompts: list[list[int]], strategy: Strategy, request: Request
     if run.all_done():
         run.stats.tokens_per_row = [0] * run.batch
         return run
-    with torch.no_grad():
-        strategy.prefill(run)
-        run.end_cycle()
-        while not run.all_done():
-            strategy.step(run)
+    try:
+        with torch.no_grad():
+            strategy.prefill(run)
             run.end_cycle()
+            while not run.all_done():
+                strategy.step(run)
+                run.end_cycle()
+    finally:
+        compiled = getattr(model, "compiled_forwards", None)
+        if compiled is not None:
+            compiled.release(run.cache)  # the next decode of this shape may reuse it (see trimode.compiled)
     run.stats.tokens_per_row = [len(g) for g in run.generated]
     run.stats.wall_time = time.perf_counter() - run._started
     return run

@@ -39,7 +39,13 @@ class DistInfo:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> cuda:LOCAL_RANK when CUDA is available, else cpu; otherwise the named device."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"device=auto gives process LOCAL_RANK={local_rank} cuda:{local_rank}, but only "
+                             f"{torch.cuda.device_count()} CUDA device(s) are visible: start at most that many "
+                             f"processes per node, or use device=cpu")
+        return torch.device(f"cuda:{local_rank}")
     try:
         device = torch.device(name)
     except RuntimeError:
