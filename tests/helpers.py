@@ -140,4 +140,4 @@ def quickly_trained_model(steps: int = 150, seed: int = 0) -> "trimode.TrimodeMo
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval()
+    return model.eval().to(TEST_DEVICE)  # trained on the CPU (the same weights everywhere), tested on the device

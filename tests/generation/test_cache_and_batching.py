@@ -25,7 +25,7 @@ def test_peek_does_not_commit_and_write_equals_recompute():
     ids = torch.randint(4, 48, (1, 9)).to(TEST_DEVICE)
     cache = trimode.KVCache.for_model(model, 1, 32)
     model(ids[:, :6], past_key_values=cache)
-    block = torch.tensor([[ids[0, 6], 3, 3]], device=TEST_DEVICE)
+    block = torch.tensor([[int(ids[0, 6]), 3, 3]], device=TEST_DEVICE)
     peek = model(block, attention_mask=block_pattern(3), past_key_values=cache, cache_write=False).logits
     assert cache.lengths.tolist() == [6]
     # Uncached reference of the same peek: prefix causal, block bidirectional.

@@ -7,7 +7,7 @@ Weights use a large init scale so argmax ties never decide a case.
 
 import pytest
 import torch
-from helpers import TEST_DEVICE, random_prompts, tiny_model
+from helpers import random_prompts, tiny_model
 
 N_CASES = 36
 TOTALS = {"accepted": 0, "rolled_back": 0}
@@ -34,7 +34,7 @@ def _reference(model, prompts, max_new, eos):
     for p in prompts:
         ids = list(p)
         for _ in range(max_new):
-            logits = model(torch.tensor([ids], device=TEST_DEVICE)).logits[0, -1]
+            logits = model(torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1]
             ids.append(int(logits.argmax()))
             if ids[-1] in eos:
                 break

@@ -21,7 +21,7 @@ def _with_saved_adapter(tmp_path, targets=("o_proj",)):
     peft.save_pretrained(tmp_path / "linear_spec_lora")
     # The published usage, unchanged:
     loaded = PeftModel.from_pretrained(trimode.TrimodeModel.from_pretrained(tmp_path), tmp_path,
-                                       subfolder="linear_spec_lora").eval()
+                                       subfolder="linear_spec_lora").eval().to(TEST_DEVICE)
     return base, loaded
 
 

@@ -189,7 +189,7 @@ def test_batched_draft_forward_equals_inference_draft(targets):
     with torch.no_grad():  # a non-zero adapter: it changes the block states, and (if leaked) the prefix
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+                p.normal_(0, 0.5, generator=torch.Generator(device=p.device).manual_seed(1))
     obj = DrafterObjective(cfg, model, TEST_DEVICE)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(4, 48, (n,), generator=g).tolist() for n in (3, 7, 11)]
