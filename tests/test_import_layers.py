@@ -17,7 +17,7 @@ PACKAGE = Path(trimode.__file__).parent
 LAYERS = [
     # 0: the model and what it is made of (configs, cache, masks, loading and conversion of checkpoints)
     {"trimode", "trimode._lazy", "trimode._registration", "trimode.assembly", "trimode.cache", "trimode.cache_dir", "trimode.checkpoint_files", "trimode.compiled",
-     "trimode.configuration", "trimode.configuration_vlm", "trimode.conversion", "trimode.export", "trimode.loading", "trimode.loss",
+     "trimode.configuration", "trimode.configuration_vlm", "trimode.conversion", "trimode.export", "trimode.image_processing", "trimode.image_tasks", "trimode.loading", "trimode.loss",
      "trimode.masks", "trimode.modeling", "trimode.modeling_vlm", "trimode.tokenization", "trimode.projections", "trimode.drafter_gate", "trimode.backbone",
      "trimode.typed_config"},
     # 1: decoding

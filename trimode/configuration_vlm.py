@@ -23,6 +23,25 @@ of the Mistral-3 projector. Every field and default below, and its source, is co
   model keeps it as a class constant (AX-COMPAT ``IMAGE_TOKEN_ID``) whose value could not be
   confirmed (candidates in the doc: 10, 19, 131072). The processor that builds the prompt
   must supply it (set ``config.image_token_id``); a forward with images and no id raises.
+- ``image_start_token_id``, ``image_break_token_id``, ``image_end_token_id``: ``None``. The
+  tokens that frame an image's placeholders in the prompt (section 5 of the doc); only the
+  prompt builder (:mod:`trimode.image_processing`) reads them, the model only replaces
+  ``image_token_id`` positions. Two published layouts, both expressible here:
+
+  * Pixtral/Mistral-3 (transformers ``processing_pixtral.py``, HF-CONV): ``h`` rows of
+    ``w`` x ``[IMG]`` each followed by ``[IMG_BREAK]``, the last break replaced by
+    ``[IMG_END]``; no start token (ids 10/12/13 there).
+  * NLD-VLM (AX-PROC, AX-TESTS): the checkpoint's ``image_processing.py`` has
+    ``IMG_START/IMG_PAD/IMG_BREAK/IMG_END``; ``IMG_PAD`` is the placeholder, the image is
+    wrapped in ``IMG_START ... IMG_END`` (a 1x1 grid is ``[start, pad, end]``). Whether a
+    break follows every row and the numeric ids could not be confirmed.
+
+  Each is optional: no break id = no row separators; no end id = nothing closes the image
+  (with a break id the last row keeps its break, as Pixtral with no end); no start id =
+  nothing opens it.
+- ``max_image_size`` 1400: the longest edge, in pixels, the processor shrinks an image to
+  (JEV-IMG: the checkpoint's ``image_processing.py`` caps the longest edge at 1400;
+  ``vision_config.image_size`` 1540 is the tower's limit, not the processor's).
 """
 
 from __future__ import annotations
@@ -51,6 +70,14 @@ DEFAULT_VISION_CONFIG: dict[str, Any] = {
 }
 
 
+# The placeholder first, then the tokens that frame it in the prompt.
+IMAGE_TOKEN_FIELDS = ("image_token_id", "image_start_token_id", "image_break_token_id", "image_end_token_id")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class NemotronLabsDiffusionVLMConfig(NemotronLabsDiffusionConfig):
     r"""The published flat VLM config: the text fields of :class:`NemotronLabsDiffusionConfig` at the
     root, plus the vision tower and projector fields.
@@ -64,6 +91,11 @@ class NemotronLabsDiffusionVLMConfig(NemotronLabsDiffusionConfig):
         vision_feature_layer: which hidden state of the tower feeds the projector (-1 = last).
         image_token_id: the placeholder token whose embeddings the image features replace.
             ``None`` by default: the published config has none, the processor must supply it.
+        image_start_token_id: token before an image's placeholders (NLD's IMG_START), or None.
+        image_break_token_id: token after each row of placeholders (Pixtral's [IMG_BREAK]), or None.
+        image_end_token_id: token closing an image (replaces the last row's break), or None.
+        max_image_size: longest image edge in pixels the processor resizes to (1400); smaller
+            images are not enlarged beyond rounding each side up to a merged patch.
     """
 
     model_type = "nemotron_labs_diffusion_vlm"
@@ -75,6 +107,10 @@ class NemotronLabsDiffusionVLMConfig(NemotronLabsDiffusionConfig):
     multimodal_projector_bias: bool = False
     vision_feature_layer: int = -1
     image_token_id: int | None = None
+    image_start_token_id: int | None = None
+    image_break_token_id: int | None = None
+    image_end_token_id: int | None = None
+    max_image_size: int = 1400
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:
@@ -95,8 +131,17 @@ class NemotronLabsDiffusionVLMConfig(NemotronLabsDiffusionConfig):
              f"spatial_merge_size={self.spatial_merge_size!r} must be a positive integer")
         need(isinstance(self.vision_feature_layer, int),
              f"vision_feature_layer={self.vision_feature_layer!r} must be one integer (a list is not supported)")
-        need(self.image_token_id is None or 0 <= self.image_token_id < self.vocab_size,
-             f"image_token_id={self.image_token_id!r} must be null or in [0, vocab_size={self.vocab_size})")
+        for name in IMAGE_TOKEN_FIELDS:
+            value = getattr(self, name)
+            need(value is None or (_is_int(value) and 0 <= value < self.vocab_size),
+                 f"{name}={value!r} must be null or an integer in [0, vocab_size={self.vocab_size})")
+        # A frame token equal to the placeholder would be counted as a placeholder (one feature too many).
+        for name in IMAGE_TOKEN_FIELDS[1:]:
+            value = getattr(self, name)
+            need(value is None or value != self.image_token_id,
+                 f"{name}={value!r} must differ from image_token_id={self.image_token_id!r}")
+        need(_is_int(self.max_image_size) and self.max_image_size > 0,
+             f"max_image_size={self.max_image_size!r} must be a positive integer (pixels of the longest edge)")
 
 
-__all__ = ["NemotronLabsDiffusionVLMConfig", "DEFAULT_VISION_CONFIG"]
+__all__ = ["NemotronLabsDiffusionVLMConfig", "DEFAULT_VISION_CONFIG", "IMAGE_TOKEN_FIELDS"]
