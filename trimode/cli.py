@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 # Subcommand modules (trimode.commands.<name>, each with a register(subparsers)), in the order
 # `trimode --help` lists them.
-COMMANDS = ["demo", "generate", "convert", "train", "eval", "bench", "serve"]
+COMMANDS = ["demo", "generate", "convert", "export", "train", "eval", "bench", "serve"]
 
 
 class UserError(Exception):

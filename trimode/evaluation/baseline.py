@@ -2,10 +2,11 @@
 
 Speed claims are only worth something against a baseline measured in the same
 run, on the same machine, with the same weights. :class:`TransformersBaseline`
-exports the AR pathway with :func:`trimode.export.save_transformers_causal_lm`
+exports the AR pathway with :func:`trimode.export.export_transformers`
 into a temporary directory and loads it back with
-``Ministral3ForCausalLM.from_pretrained``: what any ``transformers`` user would
-run. Its ``generate()`` is timed on the same prompts, interleaved call by call
+``AutoModelForCausalLM.from_pretrained`` (``LlamaForCausalLM``, or
+``Ministral3ForCausalLM`` for models with the llama-4 query scaling): what any
+``transformers`` user would run. Its ``generate()`` is timed on the same prompts, interleaved call by call
 with trimode's runs by the bench.
 
 Design choices:
@@ -21,8 +22,6 @@ Design choices:
   tokens: proof that the two engines run the same model.
 - Memory: the reloaded copy holds a second set of weights (fine for the small
   models this harness targets on CPU).
-- Models without the llama-4 query scaling (``rope_type: default``) are exported with
-  ``llama_4_scaling_beta = 0`` by :mod:`trimode.export`: ``Ministral3`` needs the key.
 """
 
 from __future__ import annotations
@@ -36,17 +35,17 @@ from .metrics import RunRecord
 
 
 class TransformersBaseline:
-    """``Ministral3ForCausalLM`` loaded from a temporary export of ``model``'s AR pathway."""
+    """A transformers causal LM loaded from a temporary export of ``model``'s AR pathway."""
 
     def __init__(self, model):
-        from transformers import GenerationConfig, Ministral3ForCausalLM
+        from transformers import AutoModelForCausalLM, GenerationConfig
 
-        from ..export import save_transformers_causal_lm
+        from ..export import export_transformers
 
         param = next(model.parameters())
         with tempfile.TemporaryDirectory(prefix="trimode-baseline-") as tmp:
-            save_transformers_causal_lm(model, tmp)
-            self.hf = Ministral3ForCausalLM.from_pretrained(tmp, dtype=param.dtype).to(param.device).eval()
+            export_transformers(model, None, tmp)
+            self.hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=param.dtype).to(param.device).eval()
         cfg = model.config
         self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
         self.eos_ids = list(cfg.eos_token_ids)
