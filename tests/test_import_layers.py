@@ -19,7 +19,7 @@ LAYERS = [
     {"trimode", "trimode._lazy", "trimode._registration", "trimode.assembly", "trimode.cache", "trimode.cache_dir", "trimode.checkpoint_files", "trimode.compiled",
      "trimode.configuration", "trimode.configuration_vlm", "trimode.conversion", "trimode.export", "trimode.image_processing", "trimode.image_tasks", "trimode.loading", "trimode.loss",
      "trimode.masks", "trimode.modeling", "trimode.modeling_vlm", "trimode.tokenization", "trimode.projections", "trimode.drafter_gate", "trimode.backbone",
-     "trimode.typed_config"},
+     "trimode.typed_config", "trimode.vllm_plugin", "trimode.vllm_models"},
     # 1: decoding
     {"trimode.generation"},
     # 2: what uses the decoders

@@ -50,7 +50,11 @@ import copy
 from typing import Any
 
 from transformers import PixtralVisionConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:  # transformers >= 5.20 declares sub-configs with typed specs
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # older 5.x (e.g. the one vLLM pins): a plain class map
+    SubConfigSpec = None
 
 from .configuration import NemotronLabsDiffusionConfig
 
@@ -99,7 +103,10 @@ class NemotronLabsDiffusionVLMConfig(NemotronLabsDiffusionConfig):
     """
 
     model_type = "nemotron_labs_diffusion_vlm"
-    sub_configs_defaults = {"vision_config": SubConfigSpec(config_class=PixtralVisionConfig)}
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {"vision_config": SubConfigSpec(config_class=PixtralVisionConfig)}
+    else:
+        sub_configs = {"vision_config": PixtralVisionConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     spatial_merge_size: int = 2
@@ -118,6 +125,9 @@ class NemotronLabsDiffusionVLMConfig(NemotronLabsDiffusionConfig):
         elif isinstance(self.vision_config, dict):
             # PixtralVisionConfig rewrites rope_parameters in place: keep the caller's dict as it was.
             self.vision_config = copy.deepcopy(self.vision_config)
+        if SubConfigSpec is None and isinstance(self.vision_config, dict):  # older transformers: build it here
+            fields = {k: v for k, v in self.vision_config.items() if k != "model_type"}
+            self.vision_config = PixtralVisionConfig(**fields)
         super().__post_init__(**kwargs)
 
     def _check(self) -> None:
