@@ -29,7 +29,6 @@ import json
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -99,15 +98,10 @@ def count_syncs(model, mode: str, rows, args) -> dict:
     kw = dict(max_new_tokens=4 * args.block, eos_token_id=[], return_stats=True)
     if mode != "ar":
         kw["block_length"] = args.block
-    sync()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            _, nfe, stats = model.decode_mode(mode, rows, **kw)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    messages = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    from trimode.generation.forward_timing import counted_syncs
+
+    with counted_syncs() as messages:
+        _, nfe, stats = model.decode_mode(mode, rows, **kw)
     return {"syncs": len(messages), "decode_forwards": nfe - stats.prefill_forwards,
             "first": messages[0].splitlines()[0] if messages else None}
 

@@ -9,11 +9,11 @@ sync hidden inside a torch op, which only the device can show.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from helpers import TEST_DEVICE, device_generator, random_prompts, tiny_model
+
+from trimode.generation.forward_timing import counted_syncs
 
 pytestmark = pytest.mark.skipif(TEST_DEVICE.type != "cuda", reason="needs TRIMODE_TEST_DEVICE=cuda")
 
@@ -28,16 +28,9 @@ def _syncs(model, mode: str, rows: int, new_tokens: int, temperature: float) -> 
     model.decode_mode(mode, prompts, **kw)  # warm-up: first-call allocations and lazy inits sync too
     if temperature:
         kw["generator"] = device_generator(0)
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            _, _, stats = model.decode_mode(mode, prompts, **kw)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = sum("synchroniz" in str(w.message) for w in caught)
-    return syncs, stats.nfe - stats.prefill_forwards
+    with counted_syncs() as syncs:
+        _, _, stats = model.decode_mode(mode, prompts, **kw)
+    return len(syncs), stats.nfe - stats.prefill_forwards
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -25,9 +25,10 @@ import statistics
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -67,6 +68,25 @@ def cost_inputs(model, kind: str, k: int, prefix: int, device) -> tuple[torch.Te
                                                    attention_mask=quadratic_pattern(k, list(range(k)), k,
                                                                                     device=device))
     raise ValueError(f"forward kind {kind!r} is not one of {', '.join(KINDS)}")
+
+
+@contextmanager
+def counted_syncs() -> Iterator[list[str]]:
+    """Record every host-device synchronisation inside the block (CUDA; PyTorch's sync debug mode).
+
+    Yields a list that receives one message per sync: what a GPU run checks to prove that
+    decoding waits for the device once per cycle, not per row or per layer."""
+    torch.cuda.synchronize()  # work queued before the block is not the block's
+    syncs: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield syncs
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            # One warning per sync ("called a synchronizing CUDA operation"); not the mode's own notice.
+            syncs.extend(str(w.message) for w in caught if str(w.message).startswith("called a synchronizing"))
 
 
 def synchronize(device: torch.device) -> None:
