@@ -240,3 +240,23 @@ def test_images_for_a_text_model_or_without_sizes_are_refused():
         text_model().ar_generate([[5, 6]], max_new_tokens=2, pixel_values=torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="image_sizes was given without pixel_values"):
         tiny_model().ar_generate([[5, 6]], max_new_tokens=2, image_sizes=IMAGE_SIZES)
+
+
+def test_a_drafter_adapter_inside_the_tower_never_changes_image_features():
+    """PEFT targeting every o_proj also wraps the tower's: image features must stay the base model's, in every
+    mode and whatever the previous forward left switched on, so speculation still equals AR."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model()
+    base_features = torch.cat(model.get_image_features(pixels(), IMAGE_SIZES))
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["o_proj"], init_lora_weights=False))
+    inner = peft.model.eval()
+    assert any("vision_tower" in n and "lora_" in n for n, _ in inner.named_parameters())  # the trap is set
+    t = IMAGE_TOKEN
+    rows = [[1, 20, t, t, 30], [1, t, t, t, 60, 61]]
+    kw = dict(block_length=4, max_new_tokens=8, eos_token_id=[], pixel_values=pixels(), image_sizes=IMAGE_SIZES)
+    inner.decode_mode("quadratic-spec", rows, **kw)  # leaves the adapter gated per position
+    assert torch.equal(torch.cat(inner.get_image_features(pixels(), IMAGE_SIZES)), base_features)
+    ar, _ = inner.decode_mode("ar", rows, **kw)
+    for mode in ("linear-spec", "quadratic-spec"):
+        assert torch.equal(inner.decode_mode(mode, rows, **kw)[0], ar), mode

@@ -11,6 +11,12 @@ Published Nemotron-Labs-Diffusion directories load as they are (``config.json`` 
 ``model_type = "nemotron_labs_diffusion"``, sharded safetensors with an index); the
 ``auto_map`` remote code they name is never executed (see :mod:`trimode.configuration`).
 
+Vision-language directories (``model_type = "nemotron_labs_diffusion_vlm"``) load the same way,
+drafter included, as a :class:`~trimode.modeling_vlm.NemotronLabsDiffusionVLMModel`; the bundle
+then carries an :class:`~trimode.image_processing.ImageProcessor` (``Loaded.image_processor``,
+``Loaded.is_vlm``). The published VLM config names no image token, so when ``image_token_id`` is
+null it is taken from the tokenizer's special tokens (:func:`fill_image_token_ids` says which).
+
 Memory: a big checkpoint must load on a machine that barely holds it, so weights are
 never held twice. The model is built on the meta device (transformers does that), and
 
@@ -51,17 +57,52 @@ DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 FLOAT32_FIT_FRACTION = 0.8
 
 
+# The tokenizer tokens that give a VLM config its image token ids when config.json names none
+# (docs/nld-vlm-layout.md section 5: Pixtral's [IMG]/[IMG_BREAK]/[IMG_END], NLD's
+# IMG_START/IMG_PAD/IMG_BREAK/IMG_END, whose exact spelling is unknown). Each name is tried in
+# the spellings of IMAGE_TOKEN_SPELLINGS, upper then lower case; the first one in the vocabulary wins.
+IMAGE_TOKEN_NAMES = {
+    "image_token_id": ("IMG", "IMG_PAD", "IMAGE_PAD"),
+    "image_start_token_id": ("IMG_START", "IMAGE_START"),
+    "image_break_token_id": ("IMG_BREAK", "IMAGE_BREAK"),
+    "image_end_token_id": ("IMG_END", "IMAGE_END"),
+}
+IMAGE_TOKEN_SPELLINGS = ("[{}]", "<|{}|>", "<{}>")
+
+
 @dataclass
 class Loaded:
     model: "torch.nn.Module"  # a TrimodeModel (with the drafter injected when present)
     tokenizer: object | None
     path: Path
     has_drafter: bool
+    image_processor: object | None = None  # an ImageProcessor for a vision-language model, else None
 
     @property
     def name(self) -> str:
         """The model's display name (an assembled model's shipped name, not its cache directory's)."""
         return model_name(self.path)
+
+    @property
+    def is_vlm(self) -> bool:
+        """Whether the model takes images (a vision-language model with its vision tower)."""
+        return self.image_processor is not None
+
+    def image_support_error(self, name: str | None = None) -> str | None:
+        """Why this model cannot take images (one line naming the model: ``name``, default its own), or None."""
+        name = self.name if name is None else name
+        if not self.is_vlm:
+            return (f"model {name!r} ({type(self.model).__name__}, model_type "
+                    f"{self.model.config.model_type!r}) has no vision tower: it takes no images; "
+                    f"a vision-language model (model_type 'nemotron_labs_diffusion_vlm') does")
+        if self.model.config.image_token_id is None:
+            names = " or ".join(IMAGE_TOKEN_NAMES["image_token_id"])
+            spellings = ", ".join(s.format("X") for s in IMAGE_TOKEN_SPELLINGS)
+            return (f"model {name!r} takes images, but its config.json names no image_token_id and its "
+                    f"tokenizer has no image placeholder token ({names} as {spellings}, upper or lower case, "
+                    f"e.g. [IMG] or <|image_pad|>); set image_token_id (and image_break/end/start_token_id) in "
+                    f"{self.path / 'config.json'}")
+        return None
 
 
 def default_model_path() -> Path:
@@ -91,7 +132,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
             available memory, then bfloat16, said in one line on stderr; CUDA: the checkpoint's
             dtype), ``"float32"`` or ``"bfloat16"`` (exactly that), or ``torch.float32`` /
             ``torch.bfloat16``.
-        drafter: attach the ``linear_spec_lora/`` adapter when the directory has one.
+        drafter: attach the ``linear_spec_lora/`` adapter when the directory has one (for a VLM, kept out
+            of the vision tower: see :func:`_attach_drafter`).
         verbose: leave transformers' progress bar and warnings as configured (shown by default)
             instead of silencing them while loading; also ``TRIMODE_DEBUG=1``.
     """
@@ -113,13 +155,14 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         if has_drafter:
             model = _attach_drafter(model, path)
         tokenizer = _load_tokenizer(path)
+    processor = _image_processor(model.config, tokenizer)
     # Inference: no parameter asks for gradients, so a forward outside torch.no_grad() keeps the packed
     # weights below (a forward with gradients unpacks); call requires_grad_() to fine-tune.
     model = model.to(device).eval().requires_grad_(False)
     if device.type == "cpu":
         model.pack_weights()  # CPU matmul layout for every forward width (see modeling.Projection)
         _return_freed_memory()
-    return Loaded(model=model, tokenizer=tokenizer, path=path, has_drafter=has_drafter)
+    return Loaded(model=model, tokenizer=tokenizer, path=path, has_drafter=has_drafter, image_processor=processor)
 
 
 def _return_freed_memory() -> None:
@@ -206,12 +249,26 @@ def _trimode_config(path: Path):
     from transformers import AutoConfig
 
     from .configuration import NemotronLabsDiffusionConfig, TrimodeConfig
+    from .configuration_vlm import NemotronLabsDiffusionVLMConfig
 
     config = AutoConfig.from_pretrained(path)
     if not isinstance(config, TrimodeConfig):
         raise ValueError(f"{path} holds a model_type={config.model_type!r} checkpoint; allowed: "
-                         f"{TrimodeConfig.model_type!r}, {NemotronLabsDiffusionConfig.model_type!r}")
+                         f"{TrimodeConfig.model_type!r}, {NemotronLabsDiffusionConfig.model_type!r}, "
+                         f"{NemotronLabsDiffusionVLMConfig.model_type!r}")
     return config
+
+
+def _model_class(config) -> type:
+    """The class a config loads as: the VLM, the published text model or trimode's own."""
+    from .configuration import NemotronLabsDiffusionConfig
+    from .configuration_vlm import NemotronLabsDiffusionVLMConfig
+    from .modeling import NemotronLabsDiffusionModel, TrimodeModel
+    from .modeling_vlm import NemotronLabsDiffusionVLMModel
+
+    if isinstance(config, NemotronLabsDiffusionVLMConfig):  # a subclass of the text config: tested first
+        return NemotronLabsDiffusionVLMModel
+    return NemotronLabsDiffusionModel if isinstance(config, NemotronLabsDiffusionConfig) else TrimodeModel
 
 
 def _load_weights(path: Path, config, dtype: torch.dtype, info: CheckpointInfo, mapped: bool = True
@@ -228,10 +285,7 @@ def _load_weights(path: Path, config, dtype: torch.dtype, info: CheckpointInfo, 
     weights that will be packed (CPU float32) would otherwise keep the whole mapped file
     resident beside their packed copy.
     """
-    from .configuration import NemotronLabsDiffusionConfig
-    from .modeling import NemotronLabsDiffusionModel, TrimodeModel
-
-    model_cls = NemotronLabsDiffusionModel if isinstance(config, NemotronLabsDiffusionConfig) else TrimodeModel
+    model_cls = _model_class(config)
     if not info.files:
         require_safetensors(path)  # raises: says why nothing loads
     if info.dtypes <= {dtype} and mapped:
@@ -260,14 +314,45 @@ def _pread_state_dict(files: list[Path]):
             handle.__exit__(None, None, None)
 
 
+# A VLM's vision modules, as a regex over PEFT module names: kept out of the drafter (see _attach_drafter).
+VISION_MODULES = r".*\.(?:vision_tower|multi_modal_projector)(?:\..*)?"
+
+
 def _attach_drafter(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """``path``'s ``linear_spec_lora/`` adapter injected into ``model`` (the published PEFT usage).
+
+    For a VLM the adapter is kept out of the vision tower and the projector, whatever its
+    ``target_modules`` say (``o_proj``, the published drafter's target, also names the tower's
+    attention output): the drafter acts in draft forwards only, and images enter the prompt's
+    prefill forward, which never drafts from them. An adapter layer inside the tower would
+    run with whatever adapter state the previous forward left, so the image features, and with
+    them every token, would depend on the mode that ran before.
+    """
     import warnings
 
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
-    with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not ours to fix
+    config = PeftConfig.from_pretrained(str(path), subfolder=DRAFTER_SUBFOLDER)
+    if hasattr(model, "get_image_features"):
+        config.exclude_modules = _with_excluded(config.exclude_modules, VISION_MODULES)
+    with warnings.catch_warnings():
+        # PEFT asks transformers a deprecated question; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return PeftModel.from_pretrained(model, path, subfolder=DRAFTER_SUBFOLDER).model
+        # the vision modules left out above: their adapter weights (if saved) are not used, on purpose
+        warnings.filterwarnings("ignore", message=".*no modules were excluded.*")
+        warnings.filterwarnings("ignore", message=".*state_dict contained these additional target modules.*")
+        return PeftModel.from_pretrained(model, path, subfolder=DRAFTER_SUBFOLDER, config=config).model
+
+
+def _with_excluded(existing, pattern: str) -> str:
+    """PEFT's ``exclude_modules`` (None, a regex, or names matched as suffixes) plus the regex ``pattern``."""
+    import re
+
+    if not existing:
+        return pattern
+    if not isinstance(existing, str):  # names: PEFT matches a name exactly or as the end of a dotted key
+        existing = "(?:.*\\.)?(?:" + "|".join(re.escape(name) for name in existing) + ")"
+    return f"(?:{existing})|(?:{pattern})"
 
 
 def _load_tokenizer(path: Path):
@@ -276,3 +361,51 @@ def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+# ------------------------------------------------------------------------------------------ images
+def _image_processor(config, tokenizer):
+    """An :class:`~trimode.image_processing.ImageProcessor` for a VLM config (its image token ids
+    filled from ``tokenizer`` where the config names none), None for a text model."""
+    from .configuration_vlm import NemotronLabsDiffusionVLMConfig
+
+    if not isinstance(config, NemotronLabsDiffusionVLMConfig):
+        return None
+    from .image_processing import ImageProcessor
+
+    if config.image_token_id is None and tokenizer is not None:
+        fill_image_token_ids(config, tokenizer)
+    return ImageProcessor(config)
+
+
+def image_token_candidates(field: str) -> list[str]:
+    """The token strings tried for one image-token field, in order (see :data:`IMAGE_TOKEN_NAMES`)."""
+    return [spelling.format(case(name)) for name in IMAGE_TOKEN_NAMES[field]
+            for spelling in IMAGE_TOKEN_SPELLINGS for case in (str.upper, str.lower)]
+
+
+def fill_image_token_ids(config, tokenizer) -> dict[str, int]:
+    """Set the VLM config's image token ids that are null from ``tokenizer``'s vocabulary; returns what was set.
+
+    The placeholder (``image_token_id``) is looked up first, as ``[IMG]``, ``<|IMG|>``, ``<IMG>``,
+    then ``IMG_PAD`` and ``IMAGE_PAD`` in the same spellings (``<|image_pad|>``...), upper case
+    before lower case; then ``IMG_START``/``IMAGE_START``, ``IMG_BREAK``/``IMAGE_BREAK`` and
+    ``IMG_END``/``IMAGE_END`` for the frame tokens (:func:`image_token_candidates` lists them).
+    Without a placeholder nothing is set: frame tokens alone place no image. An id outside the
+    model's vocabulary is not used (the embedding has no row for it).
+    """
+    vocab = tokenizer.get_vocab()
+    found = {}
+    for field in IMAGE_TOKEN_NAMES:
+        if getattr(config, field) is not None:
+            continue
+        ids = [vocab[t] for t in image_token_candidates(field) if t in vocab and 0 <= vocab[t] < config.vocab_size]
+        if ids:
+            found[field] = ids[0]
+    if "image_token_id" not in found:
+        return {}
+    placeholder = found["image_token_id"]
+    found = {f: t for f, t in found.items() if f == "image_token_id" or t != placeholder}
+    for field, token in found.items():
+        setattr(config, field, token)
+    return found

@@ -28,6 +28,7 @@ from transformers.models.mistral3.modeling_mistral3 import Mistral3MultiModalPro
 
 from .backbone import Encoder
 from .configuration_vlm import NemotronLabsDiffusionVLMConfig
+from .drafter_gate import set_drafter_active
 from .modeling import TrimodeModel, TrimodeOutput
 from .projections import Projection
 
@@ -85,6 +86,11 @@ class NemotronLabsDiffusionVLMModel(TrimodeModel):
         patch_size * spatial_merge_size), as transformers' ``Mistral3Model.get_image_features``.
         """
         encoder = self.encoder
+        # A drafter adapter that PEFT placed in the tower too (the published one targets every o_proj,
+        # and the tower has o_proj layers) must never change the image features: they are the prompt's,
+        # the same in every mode. The tower runs before forward() sets the adapter state of this forward,
+        # so switch everything off here (the model-wide switch knows when PEFT injected adapters).
+        set_drafter_active(self, False)
         out = encoder.vision_tower(pixel_values, image_sizes=image_sizes, output_hidden_states=True,
                                    return_dict=True)
         selected = out.hidden_states[self.config.vision_feature_layer]  # (1, sum patches, d)

@@ -1,13 +1,15 @@
 """Fixtures of the serving tests: tiny model directories and live servers on 127.0.0.1.
 
-Two model directories are built once per session, both loaded through
+Three model directories are built once per session, all loaded through
 ``trimode.loading.load`` exactly as ``trimode serve`` does:
 
 - ``tiny_model_dir``: a random tiny model (drafts are mostly rejected, so
   ``auto`` sees low acceptance);
 - ``accepting_model_dir``: the same model edited so that every position
   predicts the same token: drafts are always accepted, a speculative cycle
-  commits a whole block (the "accept-all" stub, through real weights).
+  commits a whole block (the "accept-all" stub, through real weights);
+- ``vlm_model_dir``: a random tiny vision-language model in the published VLM
+  layout with a LoRA drafter (``vlm_model_dir.py``), served by ``vlm_server``.
 
 ``start_server`` runs uvicorn in a background thread of the test process on
 a socket bound to a free port of 127.0.0.1, so tests can also reach the app's
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_model_dir import build_tiny_model_dir
+from vlm_model_dir import VLM_LIMITS, build_vlm_dir
 
 from trimode.loading import load
 from trimode.serving import ServerConfig, create_app
@@ -148,3 +151,19 @@ def make_server():
     yield make
     for live in started:
         live.stop()
+
+
+@pytest.fixture(scope="session")
+def vlm_model_dir(tmp_path_factory) -> Path:
+    return build_vlm_dir(tmp_path_factory.mktemp("models") / "tiny-vlm", drafter=True)
+
+
+@pytest.fixture(scope="session")
+def vlm_server(vlm_model_dir):
+    """The tiny VLM served with small image limits (VLM_LIMITS); no auto load cooldown (see ``server``)."""
+    from trimode.serving.config import AutoModeConfig
+
+    live = start_server(vlm_model_dir, served_model_name="tiny-vlm", auto=AutoModeConfig(load_cooldown=0.0),
+                        **VLM_LIMITS)
+    yield live
+    live.stop()

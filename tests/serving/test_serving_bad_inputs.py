@@ -72,8 +72,11 @@ BAD = [
     ("chat unknown role", CHAT, {**MSG, "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role"),
     ("chat content wrong type", CHAT, {**MSG, "messages": [{"role": "user", "content": 5}]}, 400,
      "messages.0.content"),
-    ("chat image part", CHAT, {**MSG, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]}]}, 400, "messages.0.content.0.type"),
+    ("chat image part for a text model", CHAT, {**MSG, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]}]}, 400,
+     "messages.0.content.0.image_url.url"),
+    ("chat unknown part type", CHAT, {**MSG, "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {}}]}]}, 400, "messages.0.content.0.type"),
     ("chat tool role", CHAT, {**MSG, "messages": [{"role": "tool", "content": "x"}]}, 400, "messages.0.role"),
     ("chat tools unsupported", CHAT, {**MSG, "tools": [{"type": "function"}]}, 400, "tools"),
     ("chat logprobs unsupported", CHAT, {**MSG, "logprobs": True}, 400, "logprobs"),

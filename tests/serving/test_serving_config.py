@@ -18,7 +18,8 @@ from trimode.serving.config import AutoModeConfig, ConfigError, ServerConfig
 SERVE_FLAGS = [  # what `trimode serve` accepted before its flags were generated: none may go missing
     "--model", "--threads", "--dtype", "--verbose", "--mode", "--host", "--port", "--served-model-name",
     "--max-batch-size", "--max-queue", "--batch-wait", "--refill-wait", "--timeout", "--max-tokens-limit",
-    "--default-max-tokens", "--block-length", "--max-block-length", "--threshold", "--seed", "--log-level",
+    "--default-max-tokens", "--block-length", "--max-block-length", "--threshold", "--max-images", "--max-image-bytes",
+    "--max-image-pixels", "--seed", "--log-level",
     "--auto-spec-mode", "--auto-max-load", "--auto-load-cooldown", "--auto-acceptance-floor", "--auto-window",
     "--auto-probe-every"]
 

@@ -1,8 +1,9 @@
 """The FastAPI app: OpenAI-compatible endpoints over the batching scheduler.
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (the
-model's chat template), ``GET /v1/models``, ``GET /v1/models/{id}``,
-``GET /health``, ``GET /metrics``.
+model's chat template; a vision-language model also takes OpenAI ``image_url``
+parts with ``data:`` URLs, see :mod:`.images`), ``GET /v1/models``,
+``GET /v1/models/{id}``, ``GET /health``, ``GET /metrics``.
 
 The app is assembled from small pieces: :func:`_lifespan` starts and stops the
 decoding worker, :func:`_add_error_handlers` answers every failure in the
@@ -115,10 +116,10 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        prompts = server.chat_prompt(body)
+        prompts, images = await server.chat_prompt(body)
         params = server.params(body, prompts, "messages")
         request.state.mode = params.mode
-        return await server.generate(body, request, prompts, params, chat=True)
+        return await server.generate(body, request, prompts, params, chat=True, images=images)
 
     @app.get("/v1/models")
     async def models():
@@ -154,7 +155,8 @@ def _model_card(server: Server) -> dict:
             "context_length": server.context, "default_mode": server.config.mode,
             "modes": list(REQUEST_MODES), "has_drafter": server.has_drafter,
             "block_length": server.block_length, "threshold": server.threshold,
-            "chat": bool(getattr(server.tokenizer, "chat_template", None))}
+            "chat": bool(getattr(server.tokenizer, "chat_template", None)),
+            "vision": server.images.problem is None}
 
 
 def serve(config: ServerConfig, loaded: Loaded | None = None) -> None:

@@ -3,7 +3,11 @@
 - ``usage`` holds the OpenAI token counts plus ``mode`` (the mode that ran),
   ``requested_mode``, ``auto_reason``, ``nfe`` and ``tpf`` (forwards this
   request took part in, and its tokens per forward, even inside a batch),
-  ``acceptance_length`` and ``batch_size``.
+  ``acceptance_length`` and ``batch_size``; ``image_tokens`` (the prompt's image
+  placeholders, counted in ``prompt_tokens`` as OpenAI counts image tokens) and
+  ``prefill_s`` / ``decode_s``, the seconds of the prefill forward (the images are
+  encoded in it) and of the forwards after it, of the batch the request ran in
+  (the longest, when its prompts ran in several).
 - Streaming sends one chunk per decode cycle of a choice (a speculative cycle
   is one multi-token chunk, with its ``token_ids``), then the finish reason,
   the usage chunk if ``stream_options.include_usage``, and ``data: [DONE]``.
@@ -41,9 +45,10 @@ class Call:
     app's :class:`~trimode.serving.server.Server` (its config, name and metrics)."""
 
     def __init__(self, server, jobs: list[Job], events: asyncio.Queue, texts: list[TextAssembler],
-                 params: GenerationParams, chat: bool, prompts: list[list[int]]):
+                 params: GenerationParams, chat: bool, prompts: list[list[int]], image_tokens: int = 0):
         self.server, self.jobs, self.events, self.texts = server, jobs, events, texts
         self.params, self.chat, self.prompts = params, chat, prompts
+        self.image_tokens = image_tokens  # of all prompts
         self.results: list[JobResult | None] = [None] * len(jobs)
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
@@ -197,6 +202,9 @@ class Call:
             "acceptance_length": round(sum(max(0, len(r.tokens) - 1) for r in results) / cycles, 4)
             if cycles else 0.0,
             "batch_size": max((r.batch_size for r in results), default=0),
+            "image_tokens": self.image_tokens,
+            "prefill_s": round(max((r.prefill_s for r in results), default=0.0), 6),
+            "decode_s": round(max((r.decode_s for r in results), default=0.0), 6),
         }
 
     def close(self, status: str) -> None:

@@ -118,6 +118,16 @@ class ServerConfig(_ServingConfig):
     threshold: Threshold = Field(
         "model", description="default diffusion threshold: a number in (0, 1], 'model' (the model config's "
                              "threshold) or none (the fixed schedule: an equal share of the block per step)")
+    # Images (a vision-language model's chat requests): what one request may send, checked before
+    # any pixel is decoded (trimode.image_processing reads the byte size first, the pixel count
+    # from the header), so a hostile image costs neither memory nor a decompression bomb.
+    max_images: int = Field(8, ge=1, description="most images in one chat request (a vision-language model)")
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="largest encoded image accepted, in bytes (after base64 decoding)")
+    max_image_pixels: int = Field(
+        25_000_000, ge=1, description="largest image accepted, in pixels (width x height, read from its header "
+                                      "before decoding); larger images are refused, smaller ones are resized to "
+                                      "the model's max_image_size")
     num_threads: Optional[int] = Field(
         None, ge=1, description="torch threads of the decoding worker (default: all cores; `trimode serve` "
                                 "passes its --threads, whose default depends on the model's size)")

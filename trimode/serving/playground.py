@@ -13,10 +13,19 @@ from pathlib import Path
 STATIC = Path(__file__).parent / "static"  # index.html, playground.js, playground.css
 
 
-def recorded(model: str, prompt: str, traces: dict[str, list[dict]]) -> dict:
+def recorded(model: str, prompt: str, traces: dict[str, list[dict]], images: list[str] | None = None) -> dict:
     """What a trace file holds: the model, the prompt, and per mode its events as one row saw them
-    (:func:`trimode.generation.trace.row_view`, each with its tokens' ``text``)."""
-    return {"model": model, "prompt": prompt, "traces": traces}
+    (:func:`trimode.generation.trace.row_view`, each with its tokens' ``text``); with ``images``, the
+    images the prompt carried (as the user named them: file paths), so a report says what was seen."""
+    data = {"model": model, "prompt": prompt, "traces": traces}
+    if images:
+        data["images"] = [_short_source(image) for image in images]
+    return data
+
+
+def _short_source(source: str, limit: int = 200) -> str:
+    """An image's name for the record: a data: URL (megabytes) is cut after its type."""
+    return source if len(source) <= limit else source[:limit] + "..."
 
 
 def trace_page(data: dict) -> str:

@@ -4,7 +4,8 @@ Bodies are validated strictly (``"5"`` is not an integer, ``true`` is not a
 number) and unknown fields are refused, so a typo such as ``"mdoe"`` is an
 error naming the field instead of being silently ignored. The trimode
 extensions ``mode``, ``block_length``, ``threshold``, ``top_k`` and ``trace`` are
-plain body fields: what the ``openai`` client sends with ``extra_body``.
+plain body fields: what the ``openai`` client sends with ``extra_body``. Chat contents may hold
+OpenAI's ``image_url`` parts (checked further by the server: ``data:`` URLs only, a VLM only).
 
 OpenAI fields this server cannot honour are accepted only at their neutral
 value (``n: 1``, ``echo: false``, ``logprobs: null``, zero penalties, ...);
@@ -22,6 +23,7 @@ from .config import REQUEST_MODES
 
 ModeName = Literal[REQUEST_MODES]  # type: ignore[valid-type]
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|[A-Z]\w*)$")
+_MEMBER = re.compile(r"^[A-Z]\w*$")  # a union member that is a model, named by its class
 
 
 class APIError(Exception):
@@ -133,9 +135,25 @@ class TextPart(_Strict):
     text: str
 
 
+class ImageURL(_Strict):
+    url: str = Field(description="a data:image/<png|jpeg|webp|gif>;base64,... URL (the server fetches nothing)")
+    detail: Literal["auto", "low", "high"] | None = Field(
+        None, description="accepted for OpenAI clients and ignored: every image is resized to the model's "
+                          "max_image_size")
+
+
+class ImageURLPart(_Strict):
+    """An image, inline: OpenAI's ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    # A plain union, not a tagged one: pydantic then names each failing member by its class, which
+    # validation_error leaves out of the field path (``messages.0.content.0.type``).
+    content: str | list[TextPart | ImageURLPart]
     name: str | None = None
 
 
@@ -174,11 +192,38 @@ def unsupported(body: _Sampling) -> None:
             refuse("top_logprobs", body.top_logprobs, "null")
 
 
+def _union_member(loc: tuple) -> tuple:
+    """``loc`` up to its last union member named by a class (``TextPart``), or () when it has none."""
+    for i in range(len(loc) - 1, -1, -1):
+        if isinstance(loc[i], str) and _MEMBER.match(loc[i]):
+            return tuple(loc[:i + 1])
+    return ()
+
+
+def _is_tag_error(error: dict) -> bool:
+    """A union member refused the value for its ``type`` literal (a content part of another type)."""
+    return error.get("type") == "literal_error" and tuple(error.get("loc", ()))[-1:] == ("type",)
+
+
+def _meant(errors: list[dict]) -> list[dict]:
+    """The errors of the union members the client meant: where one member's ``type`` tag matched, the
+    others' errors are dropped, so an image part with a bad ``image_url`` is reported as that, not as
+    "type should be 'text'". Where no member's tag matched, all are kept (the type itself is wrong)."""
+    def member(e: dict) -> tuple:
+        return _union_member(tuple(e.get("loc", ())))
+
+    wrong = {member(e) for e in errors if _is_tag_error(e)}
+    matched = {m[:-1] for m in {member(e) for e in errors} - wrong - {()}}  # positions a member's tag fits
+    return [e for e in errors if not (member(e) in wrong and member(e)[:-1] in matched)]
+
+
 def validation_error(errors: list[dict]) -> APIError:
     """FastAPI/pydantic validation errors -> one 400 naming the first bad field."""
     if not errors:
         return APIError(400, "invalid request body")
-    e = max(errors, key=lambda err: len(err.get("loc", ())))  # the deepest error is the most specific
+    errors = _meant(errors)
+    # The deepest error is the most specific; at equal depth a wrong type tag (the others follow from it).
+    e = max(errors, key=lambda err: (len(err.get("loc", ())), _is_tag_error(err)))
     loc = []
     for part in e.get("loc", ()):
         if part == "body":
@@ -187,6 +232,9 @@ def validation_error(errors: list[dict]) -> APIError:
             continue  # pydantic names union members ("str", "list[TextPart]"): not part of the field path
         loc.append(str(part))
     param = ".".join(loc) or None
+    if _is_tag_error(e):  # no member took this type: name every type allowed
+        expected = dict.fromkeys((err.get("ctx") or {}).get("expected", "") for err in errors if _is_tag_error(err))
+        e = {**e, "msg": f"Input should be {' or '.join(x for x in expected if x)}"}
     kind = e.get("type", "")
     if kind == "json_invalid":
         detail = (e.get("ctx") or {}).get("error", "")

@@ -24,6 +24,11 @@ not meant to be driven from two threads. Whenever it is free it forms a batch:
   generator, which makes them reproducible; at temperature 0 batching never
   changes a row's tokens. Unseeded sampling rows share the server generator.
 
+Images (a vision-language model's chat requests) travel with their job and do not enter the
+key: rows with and without images share a batch, whose prefill forward gets every row's images
+in row order (:func:`~trimode.serving.images.batch_images`). The tower encodes each image on its
+own (a block-diagonal attention mask), so an image row decodes as it would alone, like any row.
+
 The batch runs as one ``trimode.generation.loop.decode`` call through
 :class:`~trimode.serving.hooks.ObservedStrategy`, which streams each row's
 committed tokens to its job and stops rows whose client left or whose
@@ -51,6 +56,7 @@ from ..generation.trace import TraceEvent, row_view
 from .auto import AutoPolicy
 from .config import ServerConfig
 from .hooks import ObservedStrategy
+from .images import batch_images
 from .metrics import Metrics
 
 log = logging.getLogger("trimode.serving")
@@ -89,6 +95,8 @@ class JobResult:
     nfe: int
     cycles: int
     batch_size: int
+    prefill_s: float = 0.0  # the batch's prefill forward(s), image encoding included
+    decode_s: float = 0.0  # the batch's forwards after prefill
 
 
 @dataclass
@@ -106,8 +114,9 @@ class Job:
     """One prompt of one request, from submission to its final event."""
 
     def __init__(self, prompt_ids: list[int], params: GenerationParams, sink: Callable[[JobEvent], None],
-                 timeout: float, index: int = 0):
+                 timeout: float, index: int = 0, images: dict | None = None):
         self.prompt_ids = prompt_ids
+        self.images = images  # a VLM prompt's {"pixel_values", "image_sizes"}, or None
         self.params = params
         self.sink = sink
         self.index = index
@@ -358,7 +367,9 @@ class Scheduler:
                     job = batch[entry.row]
                     if job.params.trace:
                         job.post(JobEvent(job.index, trace=row_view(event, entry, job.index)))
-        run = decode(self.model, [job.prompt_ids for job in batch], observer, request, trace=on_trace)
+        images = batch_images([job.images for job in batch], device)
+        run = decode(self.model, [job.prompt_ids for job in batch], observer, request, trace=on_trace,
+                     prefill_inputs=images)
 
         stats, m = run.stats, self.metrics
         m.batch_size.labels(mode).observe(len(batch))
@@ -378,7 +389,8 @@ class Scheduler:
                 reason = "stop" if tokens and tokens[-1] in self.eos_ids else "length"
             job.post(JobEvent(job.index, result=JobResult(
                 tokens=tokens, finish_reason=reason, mode=mode, auto_reason=job.auto_reason,
-                nfe=observer.nfe[row], cycles=observer.cycles[row], batch_size=len(batch))))
+                nfe=observer.nfe[row], cycles=observer.cycles[row], batch_size=len(batch),
+                prefill_s=stats.prefill_time, decode_s=stats.decode_time)))
 
 
 __all__ = ["Scheduler", "Job", "JobEvent", "JobResult", "GenerationParams", "Overloaded", "batch_key"]

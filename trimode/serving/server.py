@@ -7,6 +7,9 @@ handler through an ``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``. ``t
 defaults to 0 (greedy): the lossless modes then reproduce AR exactly and every response is
 reproducible. Seeded sampling (T > 0 with ``seed``) runs unbatched and is reproducible too;
 unseeded sampling rows share the server's generator.
+
+Images (a vision-language model, chat requests only): see :mod:`.images`. A prompt's images
+travel with its job; the scheduler batches image and text rows alike.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from ..loading import Loaded
 from .call import Call
 from .config import ServerConfig
+from .images import ImagePrompts, split_images
 from .metrics import Metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, unsupported
 from .scheduler import GenerationParams, Job, JobEvent, Overloaded, Scheduler
@@ -46,6 +50,8 @@ class Server:
         self.block_length = config.block_length or mc.block_size
         self.threshold = mc.threshold if config.threshold == "model" else config.threshold
         self.created = int(time.time())
+        self.images = ImagePrompts(loaded, self.tokenizer, self.name, config.max_images, config.max_image_bytes,
+                                   config.max_image_pixels)
         self.metrics = Metrics()
         if config.auto.acceptance_floor is None and self.block_length > 1:
             # auto's floor: where speculation breaks even with AR on this machine, from what a forward
@@ -71,24 +77,27 @@ class Server:
                 raise APIError(400, f"{param}: token id {bad[0]} is outside [0, {self.vocab_size})", param)
             if not ids:
                 raise APIError(400, f"{param}: the prompt is empty; give at least one token", param)
+            self.images.check_placeholders(ids, param)  # images come through chat image parts only
             rows.append(ids)
         if len(rows) > self.config.max_batch_size:
             raise APIError(400, f"prompt: {len(rows)} prompts in one request; at most "
                                 f"{self.config.max_batch_size} (max_batch_size)", "prompt")
         return rows
 
-    def chat_prompt(self, body: ChatCompletionRequest) -> list[list[int]]:
-        messages = []
-        for m in body.messages:
-            content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
-            role = "system" if m.role == "developer" else m.role  # OpenAI's newer name for system
-            messages.append({"role": role, "content": content})
+    async def chat_prompt(self, body: ChatCompletionRequest) -> tuple[list[list[int]], list[dict | None]]:
+        """The chat's prompt ids (one prompt) and its image inputs (None without images)."""
+        messages, sources = split_images(body.messages)
+        if sources:
+            self.images.check(sources)
+            ids, images = await self.images.build(messages, sources)
+            return [ids], [images]
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as e:  # a template that refuses the conversation: the client's input, not a crash
             raise APIError(400, f"messages: the chat template rejected the conversation: {e}", "messages")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return [ids]
+        self.images.check_placeholders(ids, "messages")
+        return [ids], [None]
 
     # ------------------------------------------------------------ params
     def params(self, body, prompts: list[list[int]], prompt_param: str) -> GenerationParams:
@@ -129,14 +138,17 @@ class Server:
 
     # ------------------------------------------------------------ generation
     async def generate(self, body, request: Request, prompts: list[list[int]], params: GenerationParams,
-                       chat: bool):
+                       chat: bool, images: list[dict | None] | None = None):
+        """Queue one job per prompt (``images``: each prompt's image inputs, or None) and answer the request."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[JobEvent] = asyncio.Queue()
 
         def sink(event: JobEvent) -> None:  # called on the worker thread
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        jobs = [Job(ids, params, sink, self.config.request_timeout, index=i) for i, ids in enumerate(prompts)]
+        images = images or [None] * len(prompts)
+        jobs = [Job(ids, params, sink, self.config.request_timeout, index=i, images=im)
+                for i, (ids, im) in enumerate(zip(prompts, images))]
         try:
             self.scheduler.submit(jobs)
         except Overloaded as e:
@@ -144,7 +156,8 @@ class Server:
                            headers={"Retry-After": str(e.retry_after)})
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         texts = [TextAssembler(self.tokenizer, stops) for _ in jobs]
-        call = Call(self, jobs, events, texts, params, chat, prompts)
+        call = Call(self, jobs, events, texts, params, chat, prompts,
+                    image_tokens=sum(self.images.image_tokens(im) for im in images))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(call.stream(include_usage), media_type="text/event-stream",
