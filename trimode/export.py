@@ -218,6 +218,8 @@ def _add_tokenizer(writer, tokenizer, cfg) -> None:
                          f"vocab_size={cfg.vocab_size}")
     pad = cfg.vocab_size - len(vocab["tokens"])  # rows of the embedding no token uses
     writer.add_tokenizer_model("gpt2")
+    # llama.cpp picks its pre-tokenizer regex by this name; "default" is its generic byte-level one
+    # (transformers' GGUF loader reads the tokens and merges and tokenizes exactly as the source).
     writer.add_tokenizer_pre("default")
     writer.add_token_list(vocab["tokens"] + [f"[PAD{i}]" for i in range(len(vocab["tokens"]), cfg.vocab_size)])
     import gguf
