@@ -64,13 +64,31 @@ def test_mode_names_are_the_strategies_names():
     assert set(SPECULATIVE_MODES) < set(MODE_NAMES)
 
 
-@pytest.mark.parametrize("command", ["demo", "generate", "eval", "bench", "serve"])
+@pytest.mark.parametrize("command", ["demo", "generate", "eval", "bench", "serve", "export"])
 def test_model_commands_share_the_model_flags(command):
-    argv = [command, "--threads", "3", "--dtype", "bfloat16", "--verbose"] + (["x"] if command == "generate" else [])
+    argv = [command, "--threads", "3", "--dtype", "bfloat16", "--verbose", "--device", "cpu"] + (
+        ["x"] if command == "generate" else [])
     args = build_parser().parse_args(argv)
-    assert (args.threads, args.dtype, args.verbose, args.model) == (3, "bfloat16", True, None)
+    assert (args.threads, args.dtype, args.verbose, args.model, args.device) == (3, "bfloat16", True, None, "cpu")
     defaults = build_parser().parse_args([command] + (["x"] if command == "generate" else []))
-    assert (defaults.threads, defaults.dtype, defaults.verbose) == (None, "auto", False)
+    assert (defaults.threads, defaults.dtype, defaults.verbose, defaults.device) == (None, "auto", False, "auto")
+
+
+def test_device_flag_resolves_and_refuses_what_is_not_there(monkeypatch):
+    from trimode.commands.common import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device here; use --device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="--device 'gpu0' is not a device; allowed: auto, cpu, cuda, cuda:N"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ValueError, match="torch sees 1 CUDA device"):
+        resolve_device("cuda:1")
 
 
 def test_train_takes_threads():

@@ -16,7 +16,7 @@ from trimode.commands.config_flags import NO_FLAG, ConfigFlags, Flag
 from trimode.serving.config import AutoModeConfig, ConfigError, ServerConfig
 
 SERVE_FLAGS = [  # what `trimode serve` accepted before its flags were generated: none may go missing
-    "--model", "--threads", "--dtype", "--verbose", "--mode", "--host", "--port", "--served-model-name",
+    "--model", "--threads", "--device", "--dtype", "--verbose", "--mode", "--host", "--port", "--served-model-name",
     "--max-batch-size", "--max-queue", "--batch-wait", "--refill-wait", "--timeout", "--max-tokens-limit",
     "--default-max-tokens", "--block-length", "--max-block-length", "--threshold", "--max-images", "--max-image-bytes",
     "--max-image-pixels", "--seed", "--log-level",

@@ -58,9 +58,11 @@ def add_threads_argument(parser: argparse.ArgumentParser, help: str = THREADS_HE
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of every command that loads a model: --model, --threads, --dtype, --verbose."""
+    """The flags of every command that loads a model: --model, --threads, --device, --dtype, --verbose."""
     add_model_argument(parser)
     add_threads_argument(parser)
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="where the model runs: auto (a GPU when torch sees one, else cpu), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                         help="compute dtype (default: auto: float32, or bfloat16 when float32 weights would "
                              "not fit in the available memory)")
@@ -95,6 +97,28 @@ def resolve_threads(args: argparse.Namespace) -> int:
     return args.threads if args.threads is not None else default_threads(model_path(args))
 
 
+def resolve_device(name: str):
+    """--device as a torch device: ``auto`` is cuda when available, else cpu; a GPU that is not there is
+    an error naming what is."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: allowed: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: torch sees no CUDA device here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
 def load_model(args: argparse.Namespace, need: str | None = None, drafter: bool = True):
     """Set the torch threads, then load --model with --dtype and --verbose.
 
@@ -106,7 +130,8 @@ def load_model(args: argparse.Namespace, need: str | None = None, drafter: bool 
     from ..loading import load
 
     torch.set_num_threads(resolve_threads(args))
-    loaded = load(args.model, dtype=args.dtype, drafter=drafter, verbose=args.verbose)
+    loaded = load(args.model, device=resolve_device(getattr(args, "device", "cpu")), dtype=args.dtype,
+                  drafter=drafter, verbose=args.verbose)
     if need and loaded.tokenizer is None:
         raise ValueError(f"{loaded.path} has no tokenizer; `trimode {args.command}` needs one {need}")
     return loaded
