@@ -26,12 +26,12 @@ from trimode.evaluation.bench_config import (
 from trimode.typed_config import ConfigError
 
 FLAGS = {  # what each command accepted before its flags were generated: none may go missing
-    "bench": ["--model", "--threads", "--dtype", "--verbose", "--out", "--seed", "--no-drafter", "--quick",
+    "bench": ["--model", "--threads", "--device", "--dtype", "--verbose", "--out", "--seed", "--no-drafter", "--quick",
               "--prompt-sets", "--prompts-file", "--chat", "--n-prompts", "--sweep-prompts", "--max-new-tokens",
               "--code-prompt-tokens", "--batch-sizes", "--modes", "--block-length", "--threshold", "--thresholds",
               "--block-lengths", "--repeats", "--no-baseline", "--no-sol", "--no-autotune", "--no-plots",
               "--forward-costs", "--ks", "--kinds", "--prefix-tokens"],
-    "eval": ["--model", "--threads", "--dtype", "--verbose", "--out", "--seed", "--no-drafter", "--quick",
+    "eval": ["--model", "--threads", "--device", "--dtype", "--verbose", "--out", "--seed", "--no-drafter", "--quick",
              "--n-tasks", "--families", "--modes", "--block-length", "--thresholds", "--max-new-tokens",
              "--batch-size", "--humaneval", "--humaneval-prompt"],
 }
