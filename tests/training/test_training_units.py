@@ -28,7 +28,7 @@ from trimode.training.optim import wsd_factor
 
 # ------------------------------------------------------------------ config
 def test_presets_and_overrides():
-    assert set(PRESETS) == {"debug", "tiny", "smol"}
+    assert set(PRESETS) == {"debug", "tiny", "smol", "tiny-vlm"}
     for name in ("debug", "tiny"):
         for stage in ("ar", "joint", "sft", "drafter"):
             assert preset_config(name, stage).validate().stage == stage
@@ -49,7 +49,7 @@ def test_presets_and_overrides():
         apply_overrides(cfg, ["steps=ten"])
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         apply_overrides(cfg, ["steps"])
-    with pytest.raises(ValueError, match="preset='huge' is not one of debug, tiny, smol"):
+    with pytest.raises(ValueError, match="preset='huge' is not one of debug, tiny, smol, tiny-vlm"):
         preset_config("huge", "ar")
     bad = preset_config("debug", "ar")
     bad.warmup_frac, bad.decay_frac = 0.6, 0.6

@@ -1,5 +1,6 @@
 """Training pipeline of tri-mode models: ``ar`` -> ``joint`` -> ``sft`` -> ``drafter``
-(AR pretraining, joint AR + diffusion training, fine-tuning on instructions, the LoRA drafter).
+(AR pretraining, joint AR + diffusion training, fine-tuning on instructions, the LoRA drafter),
+and ``vlm`` -> ``drafter`` for a vision-language model on a text checkpoint.
 
 Files (each small, one job):
 
@@ -12,6 +13,9 @@ Files (each small, one job):
   tokenizer, data, objective, export.
 - ``objectives.py``: AR cross-entropy and the joint AR + diffusion loss as sums.
 - ``drafter.py``: the LoRA drafter and its self-distillation objective.
+- ``vlm.py``: stage ``vlm`` (a Pixtral tower + projector on a text checkpoint) and the drafter of a VLM;
+  ``vlm_data.py``: generated image tasks as samples by index; ``vlm_objective.py``: the joint loss on
+  the answer with the image in the clean prefix.
 - ``data.py``: code + task streams, SFT packing, global-batch sharding, per-sample seeds.
 - ``optim.py``: AdamW + warmup-stable-decay; ``checkpoint.py``: atomic safetensors + JSON
   checkpoints; ``distributed.py``: the usual DDP setup; ``logs.py``: JSONL, tqdm, PNG.

@@ -5,7 +5,10 @@ Three pydantic models describe a run:
 - :class:`ModelSpec`: the architecture of a model trained from scratch (stage ``ar``
   without ``--init``); ignored when a stage starts from an existing checkpoint.
 - :class:`DrafterConfig`: the LoRA drafter and its self-distillation data (stage ``drafter``).
-- :class:`TrainConfig`: one stage of the recipe; holds the two above as ``model`` and ``drafter``.
+- :class:`VLMSpec`: the vision tower, projector and image-task data of stage ``vlm`` (a
+  vision-language model built on a text checkpoint, :mod:`trimode.training.vlm`).
+- :class:`TrainConfig`: one stage of the recipe; holds the three above as ``model``, ``drafter``
+  and ``vlm``.
 
 Design choices:
 - Each setting is declared once, as a ``Field`` with its default, description and bounds
@@ -38,7 +41,7 @@ from pydantic.fields import FieldInfo
 from ..typed_config import CheckedConfig, ConfigError, must_be
 from .config_text import type_name
 
-StageName = Literal["ar", "joint", "sft", "drafter"]
+StageName = Literal["ar", "joint", "sft", "drafter", "vlm"]
 Precision = Literal["fp32", "bf16"]
 RopeType = Literal["default", "yarn"]
 # The projections of a decoder layer (published weight names) a LoRA adapter may target.
@@ -49,7 +52,10 @@ MAX_COPY_WINDOWS = 64
 AtLeast1 = Annotated[int, Field(ge=1)]
 AtLeast0 = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
-SUBCONFIGS = ("model", "drafter")
+SUBCONFIGS = ("model", "drafter", "vlm")
+# The generated image task kinds (trimode.image_tasks.KINDS; listed here so --help needs no PIL).
+IMAGE_KINDS = ("bars", "table", "shapes", "text")
+ImageKind = Literal["bars", "table", "shapes", "text"]
 
 
 class _Config(CheckedConfig):
@@ -126,12 +132,46 @@ class DrafterConfig(_Config):
         return self
 
 
+class VLMSpec(_Config):
+    """Stage vlm: the vision tower (Pixtral) and Mistral-3 projector added to a text checkpoint, and the
+    generated image tasks (:mod:`trimode.image_tasks`) it trains on."""
+
+    hidden_size: int = Field(256, ge=8, description="width of the vision tower")
+    intermediate_size: int = Field(1024, ge=8, description="width of the tower's SwiGLU MLP")
+    num_hidden_layers: AtLeast1 = Field(4, description="layers of the vision tower")
+    head_dim: int = Field(32, ge=2, description="per-head width of the tower's attention (heads = hidden / this)")
+    patch_size: AtLeast1 = Field(14, description="pixels per patch side (the published 14)")
+    spatial_merge_size: AtLeast1 = Field(2, description="side of the square of patches the projector merges into "
+                                         "one image token (the published 2)")
+    max_image_size: AtLeast1 = Field(252, description="longest image edge in pixels the processor resizes to (the "
+                                     "generated images are at most 252 px)")
+    kinds: list[ImageKind] = Field([], description="image task kinds to train on (empty: all of "
+                                   f"{', '.join(IMAGE_KINDS)}); a kind listed k times gets k shares")
+    train_seed: int = Field(0, ge=0, lt=10_000, description="seed of the training tasks (task i is make_tasks' "
+                            "i-th for this seed; seeds >= 10000 are held out)")
+    eval_seed: int = Field(10_001, ge=10_000, description="held-out seed of the eval-loss tasks (10000, "
+                           "HELDOUT_SEED, is left to the final evaluation)")
+    vision_lr_scale: float = Field(1.0, ge=0, description="learning rate of the tower and projector as a multiple "
+                                   "of lr (0: they stay frozen at their initial weights)")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> VLMSpec:
+        if self.hidden_size % self.head_dim:
+            raise ValueError(f"head_dim={self.head_dim} must divide hidden_size={self.hidden_size}")
+        cell = self.patch_size * self.spatial_merge_size
+        if self.max_image_size < cell:
+            raise ValueError(f"max_image_size={self.max_image_size} must be at least patch_size * "
+                             f"spatial_merge_size = {cell} px (one image token)")
+        return self
+
+
 class TrainConfig(_Config):
-    """One stage of the tri-mode recipe: ar -> joint -> sft -> drafter."""
+    """One stage of the tri-mode recipe: ar -> joint -> sft -> drafter; vlm (then drafter) for images."""
 
     stage: StageName = Field("ar", description=f"training stage, one of {', '.join(STAGES)}")
     model: ModelSpec = Field(default_factory=ModelSpec, description="architecture (from-scratch ar only)")
     drafter: DrafterConfig = Field(default_factory=DrafterConfig, description="LoRA drafter (drafter stage)")
+    vlm: VLMSpec = Field(default_factory=VLMSpec, description="vision tower and image tasks (vlm stage)")
     # ---- optimisation
     steps: AtLeast1 = Field(2000, description="optimizer steps of this stage")
     micro_batch: AtLeast1 = Field(16, description="sequences per forward, per process")
@@ -165,7 +205,8 @@ class TrainConfig(_Config):
     copy_windows: float = Field(0.0, ge=0, le=MAX_COPY_WINDOWS, description="ar/joint: mean number of windows of "
                                 "each code file appended repeated twice (predictable only by copying: teaches the "
                                 "model to copy from its context)")
-    n_tasks: AtLeast0 = Field(20000, description="sft: distinct training tasks per epoch")
+    n_tasks: AtLeast0 = Field(20000, description="sft: distinct training tasks per epoch; vlm: distinct image "
+                              "tasks (0: a new task for every sample)")
     code_replay: float = Field(0.0, ge=0, lt=1, description="sft: share of sequences that are stdlib code (loss on "
                                "all tokens), so code is not forgotten")
     max_files: int | None = Field(None, ge=1, description="ar/joint/drafter: use only the first N stdlib files "
@@ -244,7 +285,7 @@ def tiny(stage: str = "ar") -> TrainConfig:
         # r=32 (hidden / 8, alpha 4r): four times the default rank (models/trimode-tiny/README.md compares them).
         drafter=DrafterConfig(n_prompts=512, n_eval_prompts=32, gen_tokens=96, gen_batch=32, r=32),
         task_fraction=0.5, n_tasks=40000, eval_interval=100, checkpoint_interval=25, log_interval=5,
-        **{"task_families": TINY_FAMILIES, **per_stage[_check_stage(stage)]},
+        **{"task_families": TINY_FAMILIES, **_stage_settings("tiny", per_stage, stage)},
     )
 
 
@@ -255,6 +296,10 @@ def debug(stage: str = "ar") -> TrainConfig:
         "joint": dict(steps=20, lr=2e-3, block_sizes=[4, 8]),
         "sft": dict(steps=20, lr=1e-3, code_replay=0.25),
         "drafter": dict(steps=20, lr=3e-3),
+        # A 1-layer 32-wide tower on bars and shapes only: every image has the same small grid.
+        "vlm": dict(steps=20, lr=2e-3, block_sizes=[4, 8], n_tasks=0, seq_len=256,
+                    vlm=VLMSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, head_dim=16,
+                                max_image_size=112, kinds=["bars", "shapes"])),
     }
     return TrainConfig(
         stage=stage,
@@ -262,9 +307,9 @@ def debug(stage: str = "ar") -> TrainConfig:
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, block_size=8),
         drafter=DrafterConfig(n_prompts=32, n_eval_prompts=8, gen_tokens=24, gen_batch=16, blocks_per_sequence=4,
                               code_prompt_tokens=[8, 32]),
-        micro_batch=4, seq_len=128, max_files=20, tokenizer_max_files=20, tokenizer_tasks=200, n_tasks=400,
-        shuffle_buffer=32, log_interval=1, eval_interval=10, eval_batches=1, checkpoint_interval=10,
-        **per_stage[_check_stage(stage)],
+        **{"micro_batch": 4, "seq_len": 128, "max_files": 20, "tokenizer_max_files": 20, "tokenizer_tasks": 200,
+           "n_tasks": 400, "shuffle_buffer": 32, "log_interval": 1, "eval_interval": 10, "eval_batches": 1,
+           "checkpoint_interval": 10, **_stage_settings("debug", per_stage, stage)},
     )
 
 
@@ -288,7 +333,39 @@ def smol(stage: str = "drafter") -> TrainConfig:
     )
 
 
-PRESETS: dict[str, Callable[[str], TrainConfig]] = {"debug": debug, "tiny": tiny, "smol": smol}
+def tiny_vlm(stage: str = "vlm") -> TrainConfig:
+    """trimode-tiny-vlm: trimode-tiny plus a 3 x 192 Pixtral tower, trained on the generated image tasks.
+
+    ``vlm`` starts from ``models/trimode-tiny`` (``--init``); ``drafter`` from the vlm stage's output.
+    ``scripts/train_vlm.sh`` runs both; ``models/trimode-tiny-vlm/README.md`` says what they reach.
+    """
+    per_stage = {
+        # lr 2e-3 on every weight blew the projector up: Adam moved its std-0.02 weights by up to lr per step in
+        # one direction, the image features grew from norm 0.5 to 200, nearly the same vector at every image
+        # token (white dominates), and behind the text layers' RMSNorm the tower's gradient shrank to nothing.
+        # The tower and projector now learn at 0.3 x lr (models/trimode-tiny-vlm/README.md, "How").
+        "vlm": dict(steps=3000, lr=1e-3, micro_batch=16, block_sizes=[4, 8, 16], n_tasks=0, eval_batches=2,
+                    eval_interval=250, checkpoint_interval=50),
+        # Answers are up to 112 tokens: continuations of 128 tokens reach their EOS; prompts are <= 112.
+        "drafter": dict(steps=300, lr=1e-3, micro_batch=16, eval_interval=100),
+    }
+    return TrainConfig(
+        stage=stage,
+        vlm=VLMSpec(hidden_size=192, intermediate_size=768, num_hidden_layers=3, head_dim=32, vision_lr_scale=0.3),
+        drafter=DrafterConfig(n_prompts=512, n_eval_prompts=32, gen_tokens=128, gen_batch=32, r=32),
+        **{"seq_len": 240, "checkpoint_interval": 25, "log_interval": 5, **_stage_settings("tiny-vlm", per_stage, stage)},
+    )
+
+
+PRESETS: dict[str, Callable[[str], TrainConfig]] = {"debug": debug, "tiny": tiny, "smol": smol, "tiny-vlm": tiny_vlm}
+
+
+def _stage_settings(preset: str, per_stage: dict[str, dict], stage: str) -> dict:
+    """The preset's settings of ``stage``, or a clear error naming the stages it has."""
+    if _check_stage(stage) not in per_stage:
+        raise ValueError(f"preset {preset} has no {stage} stage; its stages: {', '.join(per_stage)}"
+                         + ("; for a vision-language model use --preset tiny-vlm" if stage == "vlm" else ""))
+    return per_stage[stage]
 
 
 def _check_stage(stage: str) -> str:
@@ -351,7 +428,7 @@ def config_help() -> str:
     """One line per key: name, type, default (the tiny recipe) and description; used as CLI epilog."""
     default = TrainConfig()
     lines = []
-    for prefix, config in (("", default), ("model.", default.model), ("drafter.", default.drafter)):
+    for prefix, config in (("", default), *((f"{name}.", getattr(default, name)) for name in SUBCONFIGS)):
         for name, field in type(config).model_fields.items():
             if name not in SUBCONFIGS:
                 lines.append(f"  {prefix}{name} ({type_name(field.annotation)}, default "

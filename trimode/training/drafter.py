@@ -63,16 +63,18 @@ def lora_shape(cfg: DrafterConfig, hidden_size: int) -> tuple[int, int]:
     return r, alpha
 
 
-def attach_drafter(model: torch.nn.Module, cfg: DrafterConfig, seed: int):
+def attach_drafter(model: torch.nn.Module, cfg: DrafterConfig, seed: int, target_modules: str | None = None):
     """Inject a fresh LoRA adapter on ``cfg.target_modules`` (base frozen). Returns the PeftModel (for saving).
 
-    LoRA B starts at zero, so the untrained drafter drafts exactly like the base model.
+    ``target_modules``: a PEFT regex over module names instead (a VLM's: the text layers' projections
+    only, not the vision tower's). LoRA B starts at zero, so the untrained drafter drafts exactly like
+    the base model.
     """
     from peft import LoraConfig, get_peft_model
 
     r, alpha = lora_shape(cfg, model.config.hidden_size)
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
-                      bias="none")
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=cfg.dropout,
+                      target_modules=target_modules or list(cfg.target_modules), bias="none")
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)  # PEFT draws LoRA A from the global RNG: make it the seed's
         # PEFT calls a transformers API deprecated in v5 (is_gradient_checkpointing); harmless here.
@@ -215,16 +217,17 @@ def draft_attention_mask(prefix_length: torch.Tensor, cached: int, block: int) -
 
 
 def draft_logits(model, engine, tokens: torch.Tensor, blocks: torch.Tensor, positions: torch.Tensor,
-                 prefix_length: torch.Tensor, block: int) -> torch.Tensor:
+                 prefix_length: torch.Tensor, block: int, prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (b, Q, V) of the draft blocks, with prefix states exactly as at inference.
 
     model: the (adapter-carrying) TrimodeModel; engine: what the grad forward runs through
     (the model, or its DDP wrapper). tokens (b, T) clean sequences; blocks/positions (b, Q).
+    prefix_embeds: (b, T, hidden) input embeddings of ``tokens`` (a VLM's, with its images), or None.
     """
     b, T = tokens.shape
     cache = KVCache.for_model(model, b, T + blocks.shape[1])
     with torch.no_grad():
-        model(tokens, past_key_values=cache)  # causal write, adapter off: the committed prefix
+        model(tokens, past_key_values=cache, inputs_embeds=prefix_embeds)  # causal write, adapter off: the prefix
     mask = draft_attention_mask(prefix_length, T, block)
     return engine(blocks, position_ids=positions, attention_mask=mask, past_key_values=cache, cache_write=False,
                   use_drafter=True).logits
@@ -269,9 +272,13 @@ class DrafterObjective:
                         tokens=b * nb * B)
 
     def terms(self, engine, prepared) -> Terms:
+        return self.draft_terms(engine, prepared)
+
+    def draft_terms(self, engine, prepared, prefix_embeds: torch.Tensor | None = None) -> Terms:
+        """The draft CE sums; ``prefix_embeds``: the clean sequences' input embeddings (a VLM's), or None."""
         x = prepared.inputs
         logits = draft_logits(self.model, engine, x["tokens"], x["blocks"], x["positions"], x["prefix_length"],
-                              self.block).float()  # (b, Q, V)
+                              self.block, prefix_embeds).float()  # (b, Q, V)
         targets = x["targets"]
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
                              reduction="sum")

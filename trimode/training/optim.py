@@ -16,7 +16,7 @@ so the last update runs at exactly ``min_lr_ratio * lr``.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -28,21 +28,26 @@ def wsd_factor(step: int, steps: int, warmup_frac: float, decay_frac: float, min
     decay = round(decay_frac * steps)
     if step < warmup:
         return (step + 1) / warmup
-    if step < steps - decay:
+    if step < steps - decay or decay == 0:  # decay 0 (a few steps): no decay, and no division by it
         return 1.0
     progress = min(1.0, (step - (steps - decay) + 1) / decay)
     return 1.0 - (1.0 - min_ratio) * progress
 
 
 def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: TrainConfig,
-                    device: torch.device) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for _, p in named_params:
+                    device: torch.device, lr_scale: Callable[[str], float] | None = None) -> torch.optim.AdamW:
+    """AdamW over the parameters that require grad; ``lr_scale(name)``: a multiple of ``cfg.lr`` per parameter
+    (one parameter group per scale; the schedule multiplies every group's rate alike)."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in named_params:
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
+            scale = 1.0 if lr_scale is None else float(lr_scale(name))
+            groups.setdefault((p.dim() >= 2, scale), []).append(p)
+    if not groups:
         raise ValueError("nothing to train: no parameter requires grad")
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # Decayed matrices first, then the rest, as with one scale (the order of a checkpoint's groups).
+    groups = [{"params": params, "weight_decay": cfg.weight_decay if decayed else 0.0, "lr": cfg.lr * scale}
+              for (decayed, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
     # fused kernels are a CUDA speed-up; the math (and so the result) is AdamW either way.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
                              fused=device.type == "cuda" or None)

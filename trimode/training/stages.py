@@ -8,11 +8,14 @@ ar         nothing (new model + tokenizer),  code + task text       causal CE
 joint      an AR checkpoint: trimode, or     code + task text       joint loss (AR + 0.3 diff.)
            Llama/Mistral/Ministral-3 (HF)
 sft        a joint (or any) checkpoint       task prompt/response   joint loss on responses
-drafter    a trimode checkpoint              AR greedy self-distil  draft CE, LoRA (o_proj default)
+drafter    a trimode checkpoint (or a VLM)   AR greedy self-distil  draft CE, LoRA (o_proj default)
+vlm        a text checkpoint (or a VLM)      generated image tasks  joint loss on answers, image
+                                                                    in the clean prefix
 =========  ================================  =====================  ===========================
 
 Every stage writes a complete model directory (config + safetensors + tokenizer;
-``linear_spec_lora/`` for the drafter) loadable by :func:`trimode.loading.load`.
+``linear_spec_lora/`` for the drafter) loadable by :func:`trimode.loading.load`. The vision-language
+stage lives in :mod:`trimode.training.vlm`; the drafter of a VLM drafts for image-task prompts.
 
 Tokenizer resolution, first match: ``--tokenizer DIR``, the init checkpoint's, or, for
 ``ar`` from scratch, a new byte-level BPE trained on the code corpus and task texts (rank 0
@@ -30,6 +33,7 @@ from typing import Callable
 import torch
 
 from ..configuration import TrimodeConfig
+from ..configuration_vlm import NemotronLabsDiffusionVLMConfig
 from ..conversion import TRIMODE_MODEL_TYPES, convert_hf_checkpoint, is_convertible, model_type_of
 from ..data.corpus import CodeCorpus
 from ..data.packing import Batcher
@@ -40,6 +44,9 @@ from .config import TrainConfig
 from .data import fixed_batches, global_batch_size, make_batcher, pretraining_sequences, sft_sequences
 from .distributed import DistInfo, barrier
 from .objectives import AutoregressiveObjective, JointObjective, Objective
+
+# Model types a stage loads as they are (no conversion): the text ones and the VLM.
+LOADABLE_MODEL_TYPES = (*TRIMODE_MODEL_TYPES, NemotronLabsDiffusionVLMConfig.model_type)
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Stage:
     eval_source: Callable[[], list[dict[str, torch.Tensor]]]  # fixed held-out global batches
     export: Callable[[Path], None]  # write the complete model directory (rank 0)
     info: dict = field(default_factory=dict)
+    lr_scale: Callable[[str], float] | None = None  # learning rate of a parameter (by name), as a multiple of lr
 
     def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -141,7 +149,7 @@ def load_model(cfg: TrainConfig, init: Path | None, tokenizer) -> tuple[TrimodeM
             model = TrimodeModel(new_model_config(cfg, tokenizer))
         return model, tokenizer, "new"
     kind = model_type_of(init)
-    if kind in TRIMODE_MODEL_TYPES:
+    if kind in LOADABLE_MODEL_TYPES:
         from transformers import AutoModel
 
         from .._registration import register_auto_classes
@@ -158,7 +166,7 @@ def load_model(cfg: TrainConfig, init: Path | None, tokenizer) -> tuple[TrimodeM
                                      block_size=cfg.block_size or cfg.model.block_size, tokenizer=tokenizer)
         return conv.model, conv.tokenizer, f"converted {kind} checkpoint {init} ({'; '.join(conv.notes)})"
     raise ValueError(f"--init {init}: model_type={kind!r} is not supported; allowed: "
-                     f"{', '.join(TRIMODE_MODEL_TYPES)} (trimode) or llama, mistral, ministral3 (converted)")
+                     f"{', '.join(LOADABLE_MODEL_TYPES)} (trimode) or llama, mistral, ministral3 (converted)")
 
 
 def _check_lengths(cfg: TrainConfig, model: TrimodeModel) -> None:
@@ -182,6 +190,12 @@ def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None =
     info = {"tokenizer": tok_source, "model": model_source}
     if cfg.stage == "drafter":
         return _drafter_stage(cfg, dist, out, model, tokenizer, info, resume)
+    if cfg.stage == "vlm":
+        from .vlm import vlm_stage_parts
+
+        model, objective, batcher, eval_source, lr_scale = vlm_stage_parts(cfg, dist, out, model, tokenizer, info)
+        return Stage("vlm", model, tokenizer, objective, batcher, eval_source,
+                     lambda path: _export_full(model, tokenizer, path), info, lr_scale)
     # Recorded in config.json so `trimode eval` / `bench` draw held-out tasks of these families.
     model.config.task_families = list(dict.fromkeys(cfg.task_families or FAMILIES))
     return _text_stage(cfg, dist, model, tokenizer, info)
@@ -217,10 +231,14 @@ def _drafter_stage(cfg: TrainConfig, dist: DistInfo, out: Path, model: TrimodeMo
     """drafter: the base frozen, a LoRA adapter trained on the base's own greedy continuations.
 
     The base is written to ``out`` once (it never changes); each export writes only the adapter.
+    A VLM base drafts for image-task prompts, its images in the clean prefix (:mod:`trimode.training.vlm`).
     """
+    from . import vlm
     from .drafter import DATA_FILE, DrafterObjective, attach_drafter, distillation_data
 
     G = global_batch_size(cfg, dist.world_size)
+    image_model = vlm.is_vlm(model)
+    make_data = vlm.vlm_distillation_data if image_model else distillation_data
     if dist.is_main:
         _export_full(model, tokenizer, out)
         stale = out / DRAFTER_SUBFOLDER
@@ -228,23 +246,29 @@ def _drafter_stage(cfg: TrainConfig, dist: DistInfo, out: Path, model: TrimodeMo
             shutil.rmtree(stale)
     # Rank 0 generates (or finds) the distillation targets; the others read its cache file.
     if dist.is_main:
-        data = distillation_data(model, tokenizer, cfg, out / DATA_FILE, write=True)
+        data = make_data(model, tokenizer, cfg, out / DATA_FILE, write=True)
     barrier(dist)
     if not dist.is_main:
-        data = distillation_data(model, tokenizer, cfg, out / DATA_FILE, write=False)
-    peft_model = attach_drafter(model, cfg.drafter, cfg.seed)
+        data = make_data(model, tokenizer, cfg, out / DATA_FILE, write=False)
+    targets = vlm.text_lora_targets(cfg.drafter.target_modules) if image_model else None
+    peft_model = attach_drafter(model, cfg.drafter, cfg.seed, targets)
     model.to(dist.device).train()
-    objective = DrafterObjective(cfg, model, dist.device)
-    train_samples = [{k: v[i] for k, v in data["train"].items()} for i in range(len(data["train"]["tokens"]))]
+    objective = (vlm.VLMDrafterObjective if image_model else DrafterObjective)(cfg, model, dist.device)
+
+    def samples(split: str) -> list[dict[str, torch.Tensor]]:
+        if image_model:
+            return vlm.expand_with_images(data[split], tokenizer, model.config, cfg, split)
+        return [{k: v[i] for k, v in data[split].items()} for i in range(len(data[split]["tokens"]))]
+
+    train_samples = samples("train")
     if len(train_samples) < G:
         raise ValueError(f"drafter.n_prompts={len(train_samples)} is smaller than the global batch {G}")
     batcher = make_batcher(lambda: train_samples, cfg, dist.world_size)
 
     def eval_source() -> list[dict[str, torch.Tensor]]:
-        ev = data["eval"]
-        n = (len(ev["tokens"]) // G) * G if len(ev["tokens"]) else 0
-        n = min(n, cfg.eval_batches * G)
-        return [{k: v[i:i + G] for k, v in ev.items()} for i in range(0, n, G)]
+        ev = samples("eval")
+        n = min((len(ev) // G) * G, cfg.eval_batches * G)
+        return [{k: torch.stack([s[k] for s in ev[i:i + G]]) for k in ev[0]} for i in range(0, n, G)]
 
     def export(path: Path) -> None:
         peft_model.save_pretrained(path / DRAFTER_SUBFOLDER)

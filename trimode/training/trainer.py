@@ -147,7 +147,7 @@ class _Run:
         self.cfg, self.dist, self.out, self.stage, self.G = cfg, dist, out, stage, G
         self.engine = wrap(stage.model, dist)  # DDP under torchrun: training forwards go through it
         self.params = [p for _, p in stage.trainable()]
-        self.optimizer = build_optimizer(stage.trainable(), cfg, dist.device)
+        self.optimizer = build_optimizer(stage.trainable(), cfg, dist.device, stage.lr_scale)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) \
             if cfg.precision == "bf16" else nullcontext

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Train trimode-tiny-vlm (preset "tiny-vlm") on top of models/trimode-tiny and ship it to $DEST
+# (default models/trimode-tiny-vlm), on 2 CPU cores (one process, 2 threads):
+#   [DEST=dir] [SHIP=0] bash scripts/train_vlm.sh [RUN_DIR]
+# Stages: vlm (vision tower + projector + the text model, on generated image tasks) -> drafter (LoRA,
+# self-distilled on image-task prompts). Re-running resumes: finished stages are skipped, an interrupted
+# stage continues from its last checkpoint. SHIP=0 trains without copying into models/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/trimode-tiny-vlm}
+THREADS=${THREADS:-2}
+PY=${PYTHON:-python}
+mkdir -p "$RUN"
+stage() {  # stage NAME INIT [--set KEY=VALUE ...]
+    local name=$1 init=$2 out="$RUN/$1"; shift 2
+    if [ -f "$out/config.json" ] && [ -f "$out/.done" ]; then echo "== $name: done, skipping"; return; fi
+    local resume=(); [ -d "$out/checkpoints" ] && resume=(--resume)
+    echo "== $name ($(date +%T))"
+    "$PY" -m trimode.cli train --stage "$name" --preset tiny-vlm --init "$init" --out "$out" --no-progress \
+        --threads "$THREADS" "${resume[@]}" "$@"
+    touch "$out/.done"
+    echo "== $name done ($(date +%T))"
+}
+stage vlm models/trimode-tiny
+stage drafter "$RUN/vlm"
+[ "${SHIP:-1}" = 0 ] && exit 0
+# Ship: model, tokenizer and drafter (not the checkpoints or the drafter's cached data), and the
+# training logs and loss curves of both stages.
+DEST=${DEST:-models/trimode-tiny-vlm}
+mkdir -p "$DEST/training"
+"$PY" - "$RUN" "$DEST" <<'PY'
+import shutil, sys
+from pathlib import Path
+run, dest = Path(sys.argv[1]), Path(sys.argv[2])
+shutil.copytree(run / "drafter", dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+    "checkpoints", "drafter_data.safetensors", "train_log.jsonl", "train_config.json", "loss_curve.png", ".done"))
+for stage in ("vlm", "drafter"):
+    (dest / "training" / stage).mkdir(parents=True, exist_ok=True)
+    for name in ("train_log.jsonl", "train_config.json", "loss_curve.png"):
+        shutil.copy2(run / stage / name, dest / "training" / stage / name)
+PY
+echo "shipped to $DEST"

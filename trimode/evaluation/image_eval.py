@@ -1,0 +1,223 @@
+"""Held-out accuracy and speed of a vision-language model on the generated image tasks, per decoding mode.
+
+:func:`evaluate_images` decodes held-out tasks (:data:`trimode.image_tasks.HELDOUT_SEED`) one at a time
+(batch 1, greedy) in each setting, scores every output with :func:`trimode.image_tasks.score` and times
+it. A plain function of a loaded model, tokenizer and processor, so ``trimode eval`` (or a script) can
+call it; :func:`report_markdown` and :meth:`ImageEvalReport.to_dict` write what it found.
+
+Per setting:
+
+- ``accuracy``: facts stated exactly / facts asked, pooled over tasks (the issue's AR accuracy), beside
+  ``exact_rate`` (tasks with every fact right) and the accuracy per kind;
+- ``tpf``: generated tokens / forwards, pooled (prefill included, as the engine counts), and
+  ``tpf_per_sequence``, the mean of each task's own TPF;
+- time, from the engine's :class:`~trimode.generation.stats.GenerationStats`: ``prefill_s`` (the
+  prompt's forward, which runs the vision tower) apart from ``decode_s`` (every forward after it), each
+  the mean per task; ``decode_tokens_per_s`` = tokens after the first / decode time, and
+  ``tokens_per_s`` = tokens / wall time of the whole call;
+- ``identical_to_ar``: the share of outputs token-identical to AR greedy (1.0 for the speculative modes,
+  which are lossless: a correctness check on real images).
+
+The prompt is the one the model trained on (:func:`trimode.training.vlm_data.task_messages` through the
+chat template), and ``max_new_tokens`` is each task's answer length plus EOS plus a margin of 16, as in
+``trimode eval`` (a cap: the model never sees the answer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..image_processing import ImageProcessor, build_inputs
+from ..image_tasks import HELDOUT_SEED, make_tasks, score
+from ..training.vlm_data import task_messages
+from .accuracy import ANSWER_MARGIN
+
+
+@dataclass(frozen=True)
+class ImageSetting:
+    """A decoding configuration: mode, block length (None: the config's) and, for diffusion, a threshold."""
+
+    mode: str
+    block_length: int | None = None
+    threshold: float | None = None
+    fixed_schedule: bool = False  # diffusion: one equal share per step (threshold None) instead of the config's
+
+    @property
+    def label(self) -> str:
+        parts = [self.mode] + ([f"B={self.block_length}"] if self.mode != "ar" and self.block_length else [])
+        if self.mode == "diffusion":
+            parts.append("fixed schedule" if self.fixed_schedule else
+                         f"t={self.threshold:g}" if self.threshold is not None else "t=config")
+        return " ".join(parts)
+
+    def kwargs(self) -> dict:
+        out = {} if self.mode == "ar" or self.block_length is None else {"block_length": self.block_length}
+        if self.mode == "diffusion" and (self.fixed_schedule or self.threshold is not None):
+            out["threshold"] = None if self.fixed_schedule else self.threshold
+        return out
+
+
+DEFAULT_SETTINGS = (
+    ImageSetting("ar"),
+    ImageSetting("diffusion", 16, 0.9),
+    ImageSetting("diffusion", 4, 0.99),
+    ImageSetting("linear-spec", 16),
+    ImageSetting("quadratic-spec", 16),
+)
+
+
+@dataclass
+class TaskResult:
+    """One decoded task."""
+
+    index: int
+    kind: str
+    text: str
+    correct: int
+    total: int
+    tokens: int
+    nfe: int
+    prefill_s: float
+    decode_s: float
+    wall_s: float
+    ids: list[int] = field(repr=False, default_factory=list)
+
+
+@dataclass
+class SettingResult:
+    """Pooled figures of one setting (see the module docstring)."""
+
+    label: str
+    setting: ImageSetting
+    tasks: list[TaskResult]
+    identical_to_ar: float | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return sum(t.correct for t in self.tasks) / max(1, sum(t.total for t in self.tasks))
+
+    @property
+    def exact_rate(self) -> float:
+        return sum(t.correct == t.total for t in self.tasks) / max(1, len(self.tasks))
+
+    def accuracy_by_kind(self) -> dict[str, float]:
+        facts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for t in self.tasks:
+            facts[t.kind][0] += t.correct
+            facts[t.kind][1] += t.total
+        return {kind: c / n for kind, (c, n) in sorted(facts.items())}
+
+    @property
+    def tpf(self) -> float:
+        return sum(t.tokens for t in self.tasks) / max(1, sum(t.nfe for t in self.tasks))
+
+    @property
+    def tpf_per_sequence(self) -> float:
+        return sum(t.tokens / t.nfe for t in self.tasks if t.nfe) / max(1, len(self.tasks))
+
+    @property
+    def prefill_s(self) -> float:
+        return sum(t.prefill_s for t in self.tasks) / max(1, len(self.tasks))
+
+    @property
+    def decode_s(self) -> float:
+        return sum(t.decode_s for t in self.tasks) / max(1, len(self.tasks))
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first (the prefill emits it) per second of decode forwards."""
+        return sum(max(0, t.tokens - 1) for t in self.tasks) / max(1e-9, sum(t.decode_s for t in self.tasks))
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(t.tokens for t in self.tasks) / max(1e-9, sum(t.wall_s for t in self.tasks))
+
+    def summary(self) -> dict:
+        return {"label": self.label, "accuracy": self.accuracy, "exact_rate": self.exact_rate,
+                "accuracy_by_kind": self.accuracy_by_kind(), "facts_correct": sum(t.correct for t in self.tasks),
+                "facts_total": sum(t.total for t in self.tasks), "tpf": self.tpf,
+                "tpf_per_sequence": self.tpf_per_sequence, "prefill_s": self.prefill_s, "decode_s": self.decode_s,
+                "decode_tokens_per_s": self.decode_tokens_per_s, "tokens_per_s": self.tokens_per_s,
+                "identical_to_ar": self.identical_to_ar}
+
+
+@dataclass
+class ImageEvalReport:
+    n_tasks: int
+    seed: int
+    results: list[SettingResult]
+
+    def to_dict(self) -> dict:
+        return {"n_tasks": self.n_tasks, "seed": self.seed, "settings": [r.summary() for r in self.results],
+                "outputs": {r.label: [{k: v for k, v in asdict(t).items() if k != "ids"} for t in r.tasks]
+                            for r in self.results}}
+
+
+def evaluate_images(model, tokenizer, processor: ImageProcessor | None = None, n_tasks: int = 32,
+                    settings=DEFAULT_SETTINGS, seed: int = HELDOUT_SEED, kinds=None,
+                    progress=None) -> ImageEvalReport:
+    """Decode ``n_tasks`` held-out image tasks (kinds cycling, :func:`~trimode.image_tasks.make_tasks`) at
+    batch 1 in each of ``settings`` (:class:`ImageSetting`; AR first if present, the reference for
+    ``identical_to_ar``); ``progress(label, done, n)`` is called after each task if given."""
+    processor = processor if processor is not None else ImageProcessor(model.config)
+    kinds = kinds or getattr(model.config, "image_task_kinds", None) or None
+    tasks = make_tasks(n_tasks, seed, kinds)
+    inputs = [build_inputs(tokenizer, task_messages(t), model.config, processor) for t in tasks]
+    budgets = [len(tokenizer.encode(t.answer, add_special_tokens=False)) + 1 + ANSWER_MARGIN for t in tasks]
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for setting in sorted(settings, key=lambda s: s.mode != "ar"):
+            rows = []
+            for i, (task, x, budget) in enumerate(zip(tasks, inputs, budgets)):
+                rows.append(_decode_task(model, tokenizer, setting, i, task, x, budget))
+                if progress is not None:
+                    progress(setting.label, i + 1, len(tasks))
+            results.append(SettingResult(setting.label, setting, rows))
+    finally:
+        model.train(was_training)
+    ar = next((r for r in results if r.setting.mode == "ar"), None)
+    if ar is not None:
+        for r in results:
+            r.identical_to_ar = sum(a.ids == b.ids for a, b in zip(ar.tasks, r.tasks)) / max(1, len(r.tasks))
+    return ImageEvalReport(n_tasks, seed, results)
+
+
+@torch.no_grad()
+def _decode_task(model, tokenizer, setting: ImageSetting, index: int, task, inputs: dict, budget: int) -> TaskResult:
+    start = time.perf_counter()
+    out, nfe, stats = model.decode_mode(setting.mode, [inputs["input_ids"]], max_new_tokens=budget,
+                                        pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                                        return_stats=True, **setting.kwargs())
+    wall = time.perf_counter() - start
+    n = stats.tokens_per_row[0]
+    ids = out[0, len(inputs["input_ids"]):len(inputs["input_ids"]) + n].tolist()
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    facts = score(task, text)
+    return TaskResult(index, task.kind, text, facts["correct"], facts["total"], n, nfe, stats.prefill_time,
+                      stats.decode_time, wall, ids)
+
+
+def report_markdown(report: ImageEvalReport) -> str:
+    """One table row per setting: accuracy (facts, tasks, per kind), TPF, prefill and decode time, tokens/s."""
+    lines = [f"{report.n_tasks} held-out image tasks (seed {report.seed}), batch 1, greedy", "",
+             "| setting | facts correct | exact | per kind | TPF (pooled / per seq.) | prefill ms | decode ms | "
+             "decode tok/s | tok/s | = AR |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report.results:
+        s = r.summary()
+        kinds = ", ".join(f"{k} {v:.0%}" for k, v in s["accuracy_by_kind"].items())
+        same = "" if s["identical_to_ar"] is None else f"{s['identical_to_ar']:.0%}"
+        lines.append(f"| {r.label} | {s['accuracy']:.1%} ({s['facts_correct']}/{s['facts_total']}) | "
+                     f"{s['exact_rate']:.0%} | {kinds} | {s['tpf']:.2f} / {s['tpf_per_sequence']:.2f} | "
+                     f"{s['prefill_s'] * 1e3:.1f} | {s['decode_s'] * 1e3:.1f} | {s['decode_tokens_per_s']:.0f} | "
+                     f"{s['tokens_per_s']:.0f} | {same} |")
+    return "\n".join(lines)
+
+
+__all__ = ["ImageSetting", "DEFAULT_SETTINGS", "TaskResult", "SettingResult", "ImageEvalReport", "evaluate_images",
+           "report_markdown"]
