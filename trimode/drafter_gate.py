@@ -3,11 +3,16 @@
 The drafter is a PEFT LoRA adapter on the model's projections, active in draft forwards
 only. :func:`set_drafter_active` turns it on or off for the whole forward, or gates its
 update position by position (quadratic-spec drafts and verifies in one forward).
+:func:`drafter_state` / :func:`drafter_state_applied` record that switch and set it again: a
+forward recomputed later (activation checkpointing recomputes it during backward) must see the
+adapter as it was, whatever later forwards switched it to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -70,3 +75,46 @@ def _apply_lora_gate(module: nn.Module, inputs, output: torch.Tensor) -> torch.T
     if gate is None:
         return None
     return output * gate.expand(output.shape[:-1]).unsqueeze(-1).to(output.dtype)  # (B, Q, r)
+
+
+# One adapter layer's switch: (layer, adapters disabled?, [(LoRA down-projection, its gate)]).
+DrafterState = list[tuple[nn.Module, bool, list[tuple[nn.Module, "torch.Tensor | None"]]]]
+
+
+def drafter_state(module: nn.Module) -> DrafterState:
+    """The drafter switch of every adapter layer inside ``module``, as it is now (empty without PEFT)."""
+    if "peft" not in sys.modules:
+        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return _state_of([m for m in module.modules() if isinstance(m, BaseTunerLayer)])
+
+
+@contextlib.contextmanager
+def drafter_state_applied(state: DrafterState) -> Iterator[None]:
+    """Run the block with the adapter switch of ``state``, then put back the switch found on entry.
+
+    Sets the switch directly: PEFT's ``enable_adapters`` would also flip ``requires_grad`` of
+    the adapter weights, which a recomputation in the middle of backward must not touch.
+    """
+    if not state:
+        yield
+        return
+    found = _state_of([layer for layer, _, _ in state])
+    _apply(state)
+    try:
+        yield
+    finally:
+        _apply(found)
+
+
+def _state_of(layers: list[nn.Module]) -> DrafterState:
+    return [(m, bool(m.disable_adapters), [(d, getattr(d, "_trimode_gate", None))
+                                          for d in getattr(m, "lora_A", {}).values()]) for m in layers]
+
+
+def _apply(state: DrafterState) -> None:
+    for layer, disabled, gates in state:
+        layer._disable_adapters = disabled
+        for down, gate in gates:
+            _set_lora_gate(down, gate)

@@ -4,29 +4,14 @@ The 2-process run is a real ``torchrun --nproc-per-node 2`` of the CLI (DDP, glo
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
-from training_helpers import debug_config
+from training_helpers import debug_config, logged_losses, torchrun
 
 from trimode.training import train
 
 STEPS, B = 4, 2
 TOLERANCE = 1e-4
-
-
-def _losses(out):
-    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("stage", ["joint", "sft"])
@@ -40,20 +25,17 @@ def test_two_processes_match_one_process(tmp_path, ar_dir, stage):
     train(debug_config(stage, micro_batch=B, grad_accum=2, **settings), out=accum, init=ar_dir)
 
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "trimode.cli", "train", "--stage", stage, "--preset", "debug",
-           "--init", str(ar_dir), "--out", str(two), "--micro-batch", str(B), "--steps", str(STEPS),
-           "--no-progress", "--set", "eval_batches=0", "--set", "checkpoint_interval=0", "--set", "block_sizes=4,8",
-           "--set", "code_replay=0", "--set", "device=cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = torchrun(["-m", "trimode.cli", "train", "--stage", stage, "--preset", "debug", "--init", str(ar_dir),
+                     "--out", str(two), "--micro-batch", str(B), "--steps", str(STEPS), "--no-progress", "--set",
+                     "eval_batches=0", "--set", "checkpoint_interval=0", "--set", "block_sizes=4,8", "--set",
+                     "code_replay=0", "--set", "device=cpu"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert summary["steps"] == STEPS  # printed once, by rank 0
 
-    ref = _losses(one)
+    ref = logged_losses(one)
     assert len(ref) == STEPS and ref[-1] < ref[0]
     for name, run in (("2 processes x b", two), ("1 process x b, grad_accum 2", accum)):
-        got = _losses(run)
+        got = logged_losses(run)
         diffs = [abs(a - b) for a, b in zip(got, ref)]
         assert len(got) == STEPS and max(diffs) <= TOLERANCE, f"{name}: {got} vs {ref}"

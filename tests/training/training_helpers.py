@@ -1,5 +1,11 @@
 """Builders shared by the training tests."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
+
 from trimode.training import preset_config
 
 
@@ -10,3 +16,24 @@ def debug_config(stage: str, **overrides):
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def logged_losses(out) -> list[float]:
+    """The training losses of a run, one per logged step, from its JSONL log."""
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node nproc ARGS`` on this machine (one thread per process: two processes on
+    two cores), with this interpreter and environment."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+           "127.0.0.1", "--master-port", str(free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

@@ -22,6 +22,7 @@ examples (the debug preset trains each stage in seconds on a CPU):
   trimode generate --model runs/final "def fib(n):"
   trimode train --stage joint --init path/to/mistral-or-ministral3 --out runs/mine   # convert your AR model
   torchrun --nproc-per-node 2 -m trimode.cli train --stage ar --preset debug --out runs/ar2   # DDP
+  torchrun --nproc-per-node 2 -m trimode.cli train --stage ar --preset debug --out runs/ar3 --set parallel=fsdp
   trimode train --stage ar --preset debug --out runs/ar --resume                 # after a crash
 
 config keys for --set KEY=VALUE (defaults: the tiny recipe; presets change some):

@@ -7,7 +7,7 @@ Files (each small, one job):
 - ``config.py``: typed configs (pydantic: :class:`TrainConfig`, :class:`ModelSpec`,
   :class:`DrafterConfig`), presets ``debug`` / ``tiny`` / ``smol`` (:data:`PRESETS`), ``key=value``
   overrides; ``config_text.py``: their type names in ``--help`` (errors: :mod:`trimode.typed_config`).
-- ``trainer.py``: :func:`train`, the one loop every stage shares (DDP, grad accumulation,
+- ``trainer.py``: :func:`train`, the one loop every stage shares (DDP or FSDP2, grad accumulation,
   global loss normalisation, logging, eval, checkpoints, exact resume).
 - ``stages.py``: what differs per stage: model init (new / trimode / converted HF),
   tokenizer, data, objective, export.
@@ -18,7 +18,8 @@ Files (each small, one job):
   the answer with the image in the clean prefix.
 - ``data.py``: code + task streams, SFT packing, global-batch sharding, per-sample seeds.
 - ``optim.py``: AdamW + warmup-stable-decay; ``checkpoint.py``: atomic safetensors + JSON
-  checkpoints; ``distributed.py``: the usual DDP setup; ``logs.py``: JSONL, tqdm, PNG.
+  checkpoints (sharded ones under FSDP2); ``distributed.py``: the usual DDP / FSDP2 setup;
+  ``activation_checkpointing.py``: per-layer recomputation; ``logs.py``: JSONL, tqdm, PNG.
 
 Llama / Mistral / Ministral-3 ``transformers`` checkpoints are converted by :mod:`trimode.conversion`
 (re-exported here).

@@ -1,4 +1,4 @@
-"""Atomic, pickle-free training checkpoints for exact resume.
+"""Atomic training checkpoints for exact resume: safetensors + JSON (``parallel=ddp``), or sharded (``fsdp``).
 
 Layout of ``OUT/checkpoints/step-00000200/``::
 
@@ -8,8 +8,16 @@ Layout of ``OUT/checkpoints/step-00000200/``::
     state.json              step, scheduler, data-iterator state, optimizer hyper-parameters,
                             counters and the config the run was started with
 
+``parallel=fsdp`` writes ``sharded/`` (``torch.distributed.checkpoint``: each rank writes its
+shards of the trainable parameters and AdamW moments, ``model.<name>`` / ``optimizer.<name>.<moment>``,
+from ``get_state_dict``) instead of the two weight files; ``rng.safetensors`` and ``state.json``
+(with the optimizer's hyper-parameters) are the same. torch's format can be read back on any
+number of processes (the global batch must stay the same).
+
 Design choices:
-- safetensors + JSON only (no pickles): a checkpoint can be inspected and loaded safely.
+- safetensors + JSON only (no pickles): a checkpoint can be inspected and loaded safely. The one
+  exception is the index of a sharded checkpoint, ``sharded/.metadata``, which torch writes and reads
+  with pickle (its format, not ours); only tensors go into the shards, the rest is in ``state.json``.
 - Atomic: everything is written into ``.tmp-step-...`` and then renamed with
   ``os.replace``; a crash leaves either the complete checkpoint or none, and a
   ``step-*`` directory is always complete.
@@ -29,7 +37,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .distributed import DistInfo, barrier
+
 PREFIX = "step-"
+SHARDED_DIR = "sharded"
 
 
 def checkpoint_name(step: int) -> str:
@@ -115,12 +126,17 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor], opt
     save_file(opt_tensors, tmp / "optimizer.safetensors", metadata={"format": "pt"})
     save_file(rng_tensors(), tmp / "rng.safetensors")
     (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
+    return _publish(tmp, final, keep)
+
+
+def _publish(tmp: Path, final: Path, keep: int) -> Path:
+    """Rename the finished ``tmp`` to ``final`` (atomic) and delete all but the newest ``keep`` checkpoints."""
     if final.exists():  # an older run reached this step before a crash: the new one wins
-        trash = root / f".old-{final.name}-{os.getpid()}"
+        trash = final.parent / f".old-{final.name}-{os.getpid()}"
         os.replace(final, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(tmp, final)
-    for old in list_checkpoints(root)[:-keep]:
+    for old in list_checkpoints(final.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -131,3 +147,71 @@ def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[
     optimizer_from_flat(optimizer, load_file(path / "optimizer.safetensors"), state.pop("optimizer"))
     restore_rng(load_file(path / "rng.safetensors"))
     return load_file(path / "weights.safetensors"), state
+
+
+# ------------------------------------------------------------------ sharded (FSDP2)
+def save_sharded_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                            names: list[str], state: dict[str, Any], keep: int, dist: DistInfo) -> Path:
+    """Every rank: write its shards of the parameters ``names`` and of the AdamW state; rank 0 then writes
+    the RNG and ``state.json`` and renames the whole checkpoint into place (atomic, as above)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}"  # one name for every rank (no pid: the ranks differ)
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier(dist)
+    weights, optim = get_state_dict(model, optimizer)
+    dcp.save({"model": _only(weights, names), "optimizer": optim["state"]}, checkpoint_id=tmp / SHARDED_DIR)
+    if dist.is_main:
+        save_file(rng_tensors(), tmp / "rng.safetensors")
+        meta = {"param_groups": optim["param_groups"]}
+        (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))
+        _publish(tmp, final, keep)
+    barrier(dist)
+    return final
+
+
+def load_sharded_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                            names: list[str]) -> dict[str, Any]:
+    """Every rank: restore its shards of the parameters ``names``, the AdamW state and the global RNG from
+    ``path``; return the JSON state. The checkpoint's parameters must be exactly ``names``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    state = json.loads((path / "state.json").read_text())
+    sharded = path / SHARDED_DIR
+    if not (sharded / ".metadata").is_file():
+        raise ValueError(f"{path} holds no sharded checkpoint ({SHARDED_DIR}/); it was written by a run with "
+                         "another parallel setting (resume with the same parallel=...)")
+    _check_names(path, dcp.FileSystemReader(sharded).read_metadata().state_dict_metadata, names)
+    weights, optim = get_state_dict(model, optimizer)  # the shapes and shards to load into
+    loaded = {"model": _only(weights, names), "optimizer": optim["state"]}
+    dcp.load(loaded, checkpoint_id=sharded)  # in place, into this rank's shards
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state.pop("optimizer")["param_groups"]]
+    # strict=False: for the drafter, the frozen base is not in the checkpoint (it never changes).
+    set_state_dict(model, optimizer, model_state_dict=loaded["model"],
+                   optim_state_dict={"state": loaded["optimizer"], "param_groups": groups},
+                   options=StateDictOptions(strict=False))
+    restore_rng(load_file(path / "rng.safetensors"))
+    return state
+
+
+def _only(weights: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    missing = sorted(set(names) - set(weights))
+    if missing:
+        raise ValueError(f"the model has no parameters named {missing[:3]}")
+    return {name: weights[name] for name in names}
+
+
+def _check_names(path: Path, saved: dict[str, Any], names: list[str]) -> None:
+    """The same message as the safetensors format's when a checkpoint belongs to another stage or model."""
+    have = {key[len("model."):] for key in saved if key.startswith("model.")}
+    missing, unexpected = sorted(set(names) - have), sorted(have - set(names))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match this stage's parameters (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}): was it written by another stage or model?")

@@ -43,10 +43,12 @@ from .config_text import type_name
 
 StageName = Literal["ar", "joint", "sft", "drafter", "vlm"]
 Precision = Literal["fp32", "bf16"]
+Parallel = Literal["ddp", "fsdp"]
 RopeType = Literal["default", "yarn"]
 # The projections of a decoder layer (published weight names) a LoRA adapter may target.
 LoraTarget = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-STAGES, PRECISIONS, ROPE_TYPES, LORA_TARGETS = map(typing.get_args, (StageName, Precision, RopeType, LoraTarget))
+STAGES, PRECISIONS, PARALLEL_MODES, ROPE_TYPES, LORA_TARGETS = map(
+    typing.get_args, (StageName, Precision, Parallel, RopeType, LoraTarget))
 # Bound of copy_windows (per code file); training/data.py numbers each file's windows below it.
 MAX_COPY_WINDOWS = 64
 AtLeast1 = Annotated[int, Field(ge=1)]
@@ -227,7 +229,15 @@ class TrainConfig(_Config):
     keep_checkpoints: AtLeast1 = Field(2, description="checkpoints kept on disk (oldest deleted first)")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
     precision: Precision = Field("fp32", description=f"compute precision, one of {', '.join(PRECISIONS)} (bf16: "
-                                 "autocast)")
+                                 "autocast; with parallel=fsdp the layers are also gathered in bf16, float32 master "
+                                 "weights and gradient reductions)")
+    parallel: Parallel = Field("ddp", description=f"multi-process training, one of {', '.join(PARALLEL_MODES)}: "
+                               "ddp (every process holds the whole model) or fsdp (FSDP2: parameters, gradients and "
+                               "AdamW state sharded over the processes, sharded checkpoints; one process runs it on "
+                               "a one-process group); the exported model directory is the same")
+    activation_checkpointing: bool = Field(False, description="recompute each decoder layer's activations in "
+                                           "backward instead of keeping them (less memory, about a third more "
+                                           "compute; the same gradients)")
     progress: bool | None = Field(None, description="show the progress bar (none: only on a terminal, never in CI)")
 
     @model_validator(mode="after")

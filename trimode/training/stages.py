@@ -57,7 +57,9 @@ class Stage:
     objective: Objective
     batcher: Batcher
     eval_source: Callable[[], list[dict[str, torch.Tensor]]]  # fixed held-out global batches
-    export: Callable[[Path], None]  # write the complete model directory (rank 0)
+    # Write the complete model directory (rank 0). The second argument: the whole model's state dict when
+    # the model itself holds shards (FSDP2, gathered by every rank), else None (the model's own).
+    export: Callable[[Path, dict[str, torch.Tensor] | None], None]
     info: dict = field(default_factory=dict)
     lr_scale: Callable[[str], float] | None = None  # learning rate of a parameter (by name), as a multiple of lr
 
@@ -201,11 +203,11 @@ def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None =
     return _text_stage(cfg, dist, model, tokenizer, info)
 
 
-def _export_full(model: TrimodeModel, tokenizer, path: Path) -> None:
-    """Write the complete model directory: config, safetensors, tokenizer."""
+def _export_full(model: TrimodeModel, tokenizer, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the complete model directory: config, safetensors, tokenizer (weights: ``state_dict`` if given)."""
     path.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
 
 
@@ -220,8 +222,8 @@ def _text_stage(cfg: TrainConfig, dist: DistInfo, model: TrimodeModel, tokenizer
     def eval_source() -> list[dict[str, torch.Tensor]]:
         return fixed_batches(sequences(tokenizer, cfg, "heldout"), cfg.eval_batches, G, eval_kind)
 
-    def export(path: Path) -> None:
-        _export_full(model, tokenizer, path)
+    def export(path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        _export_full(model, tokenizer, path, state_dict)
 
     return Stage(cfg.stage, model, tokenizer, objective, batcher, eval_source, export, info)
 
@@ -270,8 +272,10 @@ def _drafter_stage(cfg: TrainConfig, dist: DistInfo, out: Path, model: TrimodeMo
         n = min((len(ev) // G) * G, cfg.eval_batches * G)
         return [{k: torch.stack([s[k] for s in ev[i:i + G]]) for k in ev[0]} for i in range(0, n, G)]
 
-    def export(path: Path) -> None:
-        peft_model.save_pretrained(path / DRAFTER_SUBFOLDER)
+    def export(path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        # PEFT picks the adapter's weights out of a state dict keyed as its own (``base_model.model.`` + name).
+        peft_state = None if state_dict is None else {f"base_model.model.{k}": v for k, v in state_dict.items()}
+        peft_model.save_pretrained(path / DRAFTER_SUBFOLDER, state_dict=peft_state)
 
     info["drafter_samples"] = len(train_samples)
     return Stage("drafter", model, tokenizer, objective, batcher, eval_source, export, info)

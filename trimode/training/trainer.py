@@ -14,11 +14,15 @@ Why this gives 2 processes x b == 1 process x 2b (and == 1 x b with grad_accum 2
 the data order depends only on the global batch, every random draw depends only on
 (seed, step, global sample index), and the loss is normalised by the *global* count,
 so each rank's gradient is its share of one global sum; DDP averages over ranks, which
-the ``* world_size`` undoes. Only float summation order differs.
+the ``* world_size`` undoes. Only float summation order differs. FSDP2 (``parallel=fsdp``,
+see :mod:`trimode.training.distributed`) averages the same way in its reduce-scatter, so
+the same normalisation holds; clipping takes the norm of the whole (sharded) gradient.
 
 Exact resume: model (trainable) weights, AdamW state, lr-schedule step and data-iterator
-position are checkpointed (see :mod:`trimode.training.checkpoint`); nothing else carries
-state, so a resumed run reproduces the uninterrupted one bit for bit on the same machine.
+position are checkpointed (see :mod:`trimode.training.checkpoint`; sharded under FSDP2); nothing
+else carries state, so a resumed run reproduces the uninterrupted one bit for bit on the same machine.
+The model directory written at the end is the same under every ``parallel`` setting (FSDP2: the
+shards are gathered into one state dict, rank 0 writes it).
 
 Stopping early: SIGTERM (what ``timeout``, SLURM and Kubernetes send before killing a job)
 ends the run after the step in flight with a checkpoint and an export of the weights
@@ -39,10 +43,27 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from .config import TrainConfig
 from .data import global_batch_size, local_rows, micro_batches
-from .distributed import DistInfo, all_reduce_sum, barrier, no_sync, setup, teardown, wrap
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    clip_grad_norm,
+    full_state_dict,
+    no_sync,
+    setup,
+    teardown,
+    wrap,
+)
 from .logs import CURVE_FILE, LOG_FILE, JsonlLog, Progress, plot_loss_curve, show_progress
 from .optim import build_optimizer, build_scheduler
 from .stages import Stage, build_stage
@@ -51,7 +72,7 @@ CONFIG_FILE = "train_config.json"
 CHECKPOINT_DIR = "checkpoints"
 # Settings a resumed run may change: they do not change the trained weights.
 RESUMABLE_CHANGES = {"device", "progress", "log_interval", "checkpoint_interval", "keep_checkpoints",
-                     "micro_batch", "grad_accum", "eval_interval", "eval_batches"}
+                     "micro_batch", "grad_accum", "eval_interval", "eval_batches", "activation_checkpointing"}
 
 
 @dataclass
@@ -80,7 +101,7 @@ def train(cfg: TrainConfig, out: str | Path, init: str | Path | None = None, tok
                          "Llama/Mistral/Ministral-3 transformers checkpoint to convert")
     if init is not None and out.resolve() == init.resolve():
         raise ValueError(f"--out {out} is the --init directory; write each stage to a new directory")
-    dist = setup(cfg.device)
+    dist = setup(cfg.device, cfg.parallel)
     try:
         return _train(cfg, dist, out, init, Path(tokenizer) if tokenizer else None, resume, on_step)
     finally:
@@ -145,7 +166,9 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo, out: Path, stage: Stage, G: int):
         self.cfg, self.dist, self.out, self.stage, self.G = cfg, dist, out, stage, G
-        self.engine = wrap(stage.model, dist)  # DDP under torchrun: training forwards go through it
+        # DDP under torchrun, or the model sharded in place (FSDP2): training forwards go through it.
+        self.engine = wrap(stage.model, dist, cfg.activation_checkpointing, bf16=cfg.precision == "bf16")
+        self.param_names = [n for n, _ in stage.trainable()]  # after sharding: FSDP2 keeps the names
         self.params = [p for _, p in stage.trainable()]
         self.optimizer = build_optimizer(stage.trainable(), cfg, dist.device, stage.lr_scale)
         self.scheduler = build_scheduler(self.optimizer, cfg)
@@ -159,8 +182,11 @@ class _Run:
 
     def restore(self, path: Path) -> None:
         """Continue from checkpoint ``path``: trainable weights, AdamW state, lr schedule, data position, counters."""
-        weights, state = load_checkpoint(path, self.optimizer)
-        self.stage.load_trainable_state(weights)
+        if self.dist.sharded:
+            state = load_sharded_checkpoint(path, self.engine, self.optimizer, self.param_names)
+        else:
+            weights, state = load_checkpoint(path, self.optimizer)
+            self.stage.load_trainable_state(weights)
         self.scheduler.load_state_dict(state["scheduler"])
         self.stage.batcher.load_state_dict(state["data"])
         self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens"], state["elapsed"]
@@ -229,7 +255,7 @@ class _Run:
                 (terms.numerator * scale).backward()
             sums += torch.tensor([terms.numerator.item(), p.count, *terms.stats, p.tokens], dtype=torch.float64,
                                  device=dist.device)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = clip_grad_norm(self.params, cfg.grad_clip)
         lr = self.scheduler.get_last_lr()[0]  # the lr this step used
         self.optimizer.step()
         self.scheduler.step()
@@ -289,13 +315,19 @@ class _Run:
                 self.bar.write(f"step {self.step}: eval_loss {self.eval_loss:.4f}")
 
     def checkpoint(self) -> None:
-        """Save everything an exact resume needs (rank 0) and redraw the loss curve; all ranks wait for it."""
+        """Save everything an exact resume needs (rank 0; sharded: every rank its shards) and redraw the
+        loss curve; all ranks wait for it."""
+        root, keep = self.out / CHECKPOINT_DIR, self.cfg.keep_checkpoints
+        state = {"step": self.step, "stage": self.stage.name, "config": self.cfg.to_dict(),
+                 "scheduler": self.scheduler.state_dict(), "data": self.stage.batcher.state_dict(),
+                 "tokens": self.tokens_seen, "elapsed": self.elapsed_before + time.perf_counter() - self.t0,
+                 "global_batch": self.G, "world_size": self.dist.world_size}
+        if self.dist.sharded:
+            save_sharded_checkpoint(root, self.step, self.engine, self.optimizer, self.param_names, state, keep,
+                                    self.dist)
+        elif self.dist.is_main:
+            save_checkpoint(root, self.step, self.stage.trainable_state(), self.optimizer, state, keep)
         if self.dist.is_main:
-            save_checkpoint(self.out / CHECKPOINT_DIR, self.step, self.stage.trainable_state(), self.optimizer, {
-                "step": self.step, "stage": self.stage.name, "config": self.cfg.to_dict(),
-                "scheduler": self.scheduler.state_dict(), "data": self.stage.batcher.state_dict(),
-                "tokens": self.tokens_seen, "elapsed": self.elapsed_before + time.perf_counter() - self.t0,
-                "global_batch": self.G, "world_size": self.dist.world_size}, self.cfg.keep_checkpoints)
             plot_loss_curve(self.out / LOG_FILE, self.out / CURVE_FILE, f"trimode {self.stage.name}")
         barrier(self.dist)
 
@@ -310,8 +342,9 @@ class _Run:
 
     def finish(self) -> TrainResult:
         """Export the model directory and the final loss curve (rank 0); the result of the run."""
+        whole = full_state_dict(self.engine, self.dist)  # FSDP2: every rank takes part in the gather
         if self.dist.is_main:
-            self.stage.export(self.out)
+            self.stage.export(self.out, whole)
             plot_loss_curve(self.out / LOG_FILE, self.out / CURVE_FILE, f"trimode {self.stage.name}")
         barrier(self.dist)
         self.info["elapsed"] = self.elapsed_before + time.perf_counter() - self.t0
