@@ -197,7 +197,7 @@ def build_stage(cfg: TrainConfig, dist: DistInfo, out: Path, init: Path | None =
 
         model, objective, batcher, eval_source, lr_scale = vlm_stage_parts(cfg, dist, out, model, tokenizer, info)
         return Stage("vlm", model, tokenizer, objective, batcher, eval_source,
-                     lambda path: _export_full(model, tokenizer, path), info, lr_scale)
+                     lambda path, state_dict=None: _export_full(model, tokenizer, path, state_dict), info, lr_scale)
     # Recorded in config.json so `trimode eval` / `bench` draw held-out tasks of these families.
     model.config.task_families = list(dict.fromkeys(cfg.task_families or FAMILIES))
     return _text_stage(cfg, dist, model, tokenizer, info)
