@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Train trimode-tiny-vlm (preset "tiny-vlm") on top of models/trimode-tiny and ship it to $DEST
-# (default models/trimode-tiny-vlm), on 2 CPU cores (one process, 2 threads):
-#   [DEST=dir] [SHIP=0] bash scripts/train_vlm.sh [RUN_DIR]
-# Stages: vlm (vision tower + projector + the text model, on generated image tasks) -> drafter (LoRA,
-# self-distilled on image-task prompts). Re-running resumes: finished stages are skipped, an interrupted
-# stage continues from its last checkpoint. SHIP=0 trains without copying into models/.
+# (default models/trimode-tiny-vlm), on a CPU (one process, $THREADS torch threads, default 2; use
+# THREADS=1 on a machine other processes share: 2 threads stall behind them):
+#   [DEST=dir] [SHIP=0] [THREADS=n] bash scripts/train_vlm.sh [RUN_DIR]
+# Stages: vlm (vision tower + projector + the text model, on generated image tasks; 3000 steps, 2.5-4 s
+# each on one core of the development machine) -> drafter (LoRA, self-distilled on image-task prompts).
+# Re-running resumes: finished stages are skipped, an interrupted stage (SIGTERM checkpoints it)
+# continues from its last checkpoint. SHIP=0 trains without copying into models/.
+# benchmarks/vlm_training_notes.md tells how the recipe was found; benchmarks/vlm_eval.py evaluates a
+# run's checkpoint (--checkpoint latest) or the shipped model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/trimode-tiny-vlm}
