@@ -172,16 +172,33 @@ def fingerprint(model: torch.nn.Module, cfg: TrainConfig) -> str:
     return h.hexdigest()
 
 
+def read_cached_data(cache_file: Path | None, key: str) -> dict[str, dict[str, torch.Tensor]] | None:
+    """The {"train", "eval"} samples saved in ``cache_file`` under fingerprint ``key``, or None."""
+    if cache_file is None or not cache_file.is_file():
+        return None
+    with safe_open(cache_file, "pt") as f:
+        if (f.metadata() or {}).get("fingerprint") != key:
+            return None
+        flat = {k: f.get_tensor(k) for k in f.keys()}
+    return {split: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(split + ".")}
+            for split in ("train", "eval")}
+
+
+def write_cached_data(cache_file: Path, key: str, data: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Save ``data`` under fingerprint ``key`` (atomically: a crash never leaves half a file)."""
+    flat = {f"{split}.{k}": v for split, s in data.items() for k, v in s.items()}
+    tmp = cache_file.with_suffix(".tmp")
+    save_file(flat, tmp, metadata={"fingerprint": key})
+    tmp.replace(cache_file)
+
+
 def distillation_data(model, tokenizer, cfg: TrainConfig, cache_file: Path | None,
                       write: bool) -> dict[str, dict[str, torch.Tensor]]:
     """{"train": samples, "eval": samples}, from ``cache_file`` when its fingerprint matches."""
     key = fingerprint(model, cfg)
-    if cache_file is not None and cache_file.is_file():
-        with safe_open(cache_file, "pt") as f:
-            if (f.metadata() or {}).get("fingerprint") == key:
-                flat = {k: f.get_tensor(k) for k in f.keys()}
-                return {split: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(split + ".")}
-                        for split in ("train", "eval")}
+    cached = read_cached_data(cache_file, key)
+    if cached is not None:
+        return cached
     d = cfg.drafter
     data = {}
     for split, source, n in (("train", "train", d.n_prompts), ("eval", "heldout", d.n_eval_prompts)):
@@ -190,10 +207,7 @@ def distillation_data(model, tokenizer, cfg: TrainConfig, cache_file: Path | Non
                                      label=f"drafter data ({split})") if prompts else []
         data[split] = pack_samples(prompts, conts, cfg.seq_len, pad_id(tokenizer))
     if write and cache_file is not None:
-        flat = {f"{split}.{k}": v for split, s in data.items() for k, v in s.items()}
-        tmp = cache_file.with_suffix(".tmp")
-        save_file(flat, tmp, metadata={"fingerprint": key})
-        tmp.replace(cache_file)
+        write_cached_data(cache_file, key, data)
     return data
 
 

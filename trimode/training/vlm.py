@@ -162,19 +162,13 @@ def vlm_distillation_data(model, tokenizer, cfg: TrainConfig, cache_file: Path |
                           write: bool) -> dict[str, dict[str, torch.Tensor]]:
     """{"train", "eval"}: image-task prompts and the model's own AR greedy answers (tokens, prompt_length,
     length, task_index), cached in ``cache_file`` under a fingerprint of the weights and settings."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from .drafter import pack_samples
+    from .drafter import pack_samples, read_cached_data, write_cached_data
 
     key = hashlib.sha256((fingerprint(model, cfg) + json.dumps(cfg.vlm.model_dump(), sort_keys=True)).encode())
     key = key.hexdigest()
-    if cache_file is not None and cache_file.is_file():
-        with safe_open(cache_file, "pt") as f:
-            if (f.metadata() or {}).get("fingerprint") == key:
-                flat = {k: f.get_tensor(k) for k in f.keys()}
-                return {split: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(split + ".")}
-                        for split in ("train", "eval")}
+    cached = read_cached_data(cache_file, key)
+    if cached is not None:
+        return cached
     d = cfg.drafter
     data = {}
     for split, n in (("train", d.n_prompts), ("eval", d.n_eval_prompts)):
@@ -188,10 +182,7 @@ def vlm_distillation_data(model, tokenizer, cfg: TrainConfig, cache_file: Path |
         packed = pack_samples(prompts, conts, cfg.seq_len, samples.pad)
         data[split] = {**packed, "task_index": torch.arange(n)}
     if write and cache_file is not None:
-        flat = {f"{split}.{k}": v for split, s in data.items() for k, v in s.items()}
-        tmp = cache_file.with_suffix(".tmp")
-        save_file(flat, tmp, metadata={"fingerprint": key})
-        tmp.replace(cache_file)
+        write_cached_data(cache_file, key, data)
     return data
 
 
