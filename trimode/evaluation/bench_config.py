@@ -133,7 +133,8 @@ class EvalConfig(CheckedConfig):
     n_tasks: int = Field(48, ge=1, description="held-out tasks (families round-robin)")
     seed: int = Field(0, description="seed of the task prompts")
     families: Optional[list[str]] = Field(None, description="comma list of task families (default: those the model "
-                                                            "was trained on, else all)")
+                                                            "was trained on, else all; a vision-language model: "
+                                                            "image task kinds)")
     modes: list[Mode] = Field(list(MODE_NAMES), min_length=1, description="comma list of modes (AR always runs: it "
                                                                           "is the reference)")
     block_length: Optional[int] = Field(None, ge=1, description="block length of diffusion and the speculative "
@@ -142,7 +143,8 @@ class EvalConfig(CheckedConfig):
         None, description="diffusion thresholds, one setting each, comma list; none = the fixed schedule "
                           "(default: the model config's)")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="generation cap (default: the longest answer + 16)")
-    batch_size: int = Field(8, ge=1, description="tasks per decoding call")
+    batch_size: int = Field(8, ge=1, description="tasks per decoding call (a vision-language model decodes each "
+                                                 "image task alone)")
 
 
 class HumanEvalConfig(CheckedConfig):

@@ -19,8 +19,15 @@ Per setting:
   which are lossless: a correctness check on real images).
 
 The prompt is the one the model trained on (:func:`trimode.training.vlm_data.task_messages` through the
-chat template), and ``max_new_tokens`` is each task's answer length plus EOS plus a margin of 16, as in
-``trimode eval`` (a cap: the model never sees the answer).
+chat template, :func:`task_inputs`), and ``max_new_tokens`` is each task's answer length plus EOS plus a
+margin of 16, as in ``trimode eval`` (a cap: the model never sees the answer); a ``max_new_tokens`` given
+lowers it, and the report says when that cuts answers short.
+
+``trimode eval`` on a vision-language model runs :func:`evaluate_image_config`: the settings of an
+:class:`~trimode.evaluation.bench_config.EvalConfig` (:func:`image_settings`, its ``families`` read as
+image kinds, its ``seed`` counted from :data:`~trimode.image_tasks.HELDOUT_SEED`) and a JSON-ready result
+with the environment, which :func:`image_eval_markdown` renders. :func:`decode_image` (one image prompt in
+one mode) is what ``trimode demo`` shares with the evaluation.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..image_processing import ImageProcessor, build_inputs
-from ..image_tasks import HELDOUT_SEED, make_tasks, score
+from ..image_tasks import HELDOUT_SEED, KINDS, make_tasks, score
 from ..training.vlm_data import task_messages
-from .accuracy import ANSWER_MARGIN
+from .accuracy import ANSWER_MARGIN, answer_budget
+from .bench_config import EvalConfig
+from .environment import environment
 
 
 @dataclass(frozen=True)
@@ -150,24 +159,35 @@ class ImageEvalReport:
     n_tasks: int
     seed: int
     results: list[SettingResult]
+    max_new_tokens: int | None = None  # the cap given, if any (each task's own budget otherwise)
+    note: str = ""  # what a reader must know to read the numbers (answers cut short)
 
     def to_dict(self) -> dict:
-        return {"n_tasks": self.n_tasks, "seed": self.seed, "settings": [r.summary() for r in self.results],
+        return {"n_tasks": self.n_tasks, "seed": self.seed, "max_new_tokens": self.max_new_tokens,
+                "note": self.note, "settings": [r.summary() for r in self.results],
                 "outputs": {r.label: [{k: v for k, v in asdict(t).items() if k != "ids"} for t in r.tasks]
                             for r in self.results}}
 
 
 def evaluate_images(model, tokenizer, processor: ImageProcessor | None = None, n_tasks: int = 32,
                     settings=DEFAULT_SETTINGS, seed: int = HELDOUT_SEED, kinds=None,
-                    progress=None) -> ImageEvalReport:
+                    progress=None, max_new_tokens: int | None = None) -> ImageEvalReport:
     """Decode ``n_tasks`` held-out image tasks (kinds cycling, :func:`~trimode.image_tasks.make_tasks`) at
     batch 1 in each of ``settings`` (:class:`ImageSetting`; AR first if present, the reference for
-    ``identical_to_ar``); ``progress(label, done, n)`` is called after each task if given."""
+    ``identical_to_ar``); ``progress(label, done, n)`` is called after each task if given;
+    ``max_new_tokens`` caps every task's budget."""
     processor = processor if processor is not None else ImageProcessor(model.config)
     kinds = kinds or getattr(model.config, "image_task_kinds", None) or None
     tasks = make_tasks(n_tasks, seed, kinds)
-    inputs = [build_inputs(tokenizer, task_messages(t), model.config, processor) for t in tasks]
-    budgets = [len(tokenizer.encode(t.answer, add_special_tokens=False)) + 1 + ANSWER_MARGIN for t in tasks]
+    inputs = [task_inputs(tokenizer, t, model.config, processor) for t in tasks]
+    budgets = [answer_budget(tokenizer, t) for t in tasks]
+    note = ""
+    if max_new_tokens is not None:
+        needed = max(budgets) - ANSWER_MARGIN
+        if max_new_tokens < needed:  # said in the report: otherwise 0% reads as a bad model
+            note = (f"max_new_tokens {max_new_tokens} is below the longest answer ({needed} tokens with EOS): "
+                    "answers cut short score wrong")
+        budgets = [min(b, max_new_tokens) for b in budgets]
     was_training = model.training
     model.eval()
     results = []
@@ -185,39 +205,107 @@ def evaluate_images(model, tokenizer, processor: ImageProcessor | None = None, n
     if ar is not None:
         for r in results:
             r.identical_to_ar = sum(a.ids == b.ids for a, b in zip(ar.tasks, r.tasks)) / max(1, len(r.tasks))
-    return ImageEvalReport(n_tasks, seed, results)
+    return ImageEvalReport(n_tasks, seed, results, max_new_tokens, note)
+
+
+def task_inputs(tokenizer, task, config, processor: ImageProcessor | None = None) -> dict:
+    """The model inputs of ``task``: its image and question as the user turn the model trained on
+    (:func:`~trimode.image_processing.build_inputs`: ``input_ids``, ``pixel_values``, ``image_sizes``)."""
+    return build_inputs(tokenizer, task_messages(task), config, processor)
 
 
 @torch.no_grad()
+def decode_image(model, mode: str, inputs: dict, max_new_tokens: int, **kwargs):
+    """Decode built image inputs (:func:`task_inputs`) as one prompt in ``mode``; returns (the new ids, nfe,
+    :class:`~trimode.generation.stats.GenerationStats`). ``kwargs`` go to ``model.decode_mode``."""
+    out, nfe, stats = model.decode_mode(mode, [inputs["input_ids"]], max_new_tokens=max_new_tokens,
+                                        pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                                        return_stats=True, **kwargs)
+    start = len(inputs["input_ids"])
+    return out[0, start:start + stats.tokens_per_row[0]].tolist(), nfe, stats
+
+
 def _decode_task(model, tokenizer, setting: ImageSetting, index: int, task, inputs: dict, budget: int) -> TaskResult:
     start = time.perf_counter()
-    out, nfe, stats = model.decode_mode(setting.mode, [inputs["input_ids"]], max_new_tokens=budget,
-                                        pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
-                                        return_stats=True, **setting.kwargs())
+    ids, nfe, stats = decode_image(model, setting.mode, inputs, budget, **setting.kwargs())
     wall = time.perf_counter() - start
-    n = stats.tokens_per_row[0]
-    ids = out[0, len(inputs["input_ids"]):len(inputs["input_ids"]) + n].tolist()
     text = tokenizer.decode(ids, skip_special_tokens=True)
     facts = score(task, text)
-    return TaskResult(index, task.kind, text, facts["correct"], facts["total"], n, nfe, stats.prefill_time,
+    return TaskResult(index, task.kind, text, facts["correct"], facts["total"], len(ids), nfe, stats.prefill_time,
                       stats.decode_time, wall, ids)
 
 
-def report_markdown(report: ImageEvalReport) -> str:
-    """One table row per setting: accuracy (facts, tasks, per kind), TPF, prefill and decode time, tokens/s."""
-    lines = [f"{report.n_tasks} held-out image tasks (seed {report.seed}), batch 1, greedy", "",
+# ---------------------------------------------------------------- `trimode eval` on a vision-language model
+def image_kinds(families: list[str] | None) -> list[str] | None:
+    """``EvalConfig.families`` read as image task kinds (None: the model's, else all); a name that is not a
+    kind is a ValueError naming it and the kinds."""
+    bad = [f for f in families or [] if f not in KINDS]
+    if bad:
+        raise ValueError(f"families: {bad[0]!r} is not an image task kind (a vision-language model is evaluated "
+                         f"on the generated image tasks); allowed: {', '.join(KINDS)}")
+    return families or None
+
+
+def image_settings(model, config: EvalConfig) -> list[ImageSetting]:
+    """The settings of ``config``, as :func:`~trimode.evaluation.accuracy.eval_settings` makes them for text:
+    AR first (the reference), then each mode at ``block_length`` (default: the model config's), diffusion once
+    per threshold (None: the fixed schedule; default: the model config's threshold)."""
+    block = config.block_length or model.config.block_size
+    settings = [ImageSetting("ar")]
+    for mode in config.modes:
+        if mode == "ar":
+            continue
+        if mode == "diffusion":
+            thresholds = config.thresholds or [model.config.threshold]
+            settings += [ImageSetting(mode, block, t, fixed_schedule=t is None) for t in thresholds]
+        else:
+            settings.append(ImageSetting(mode, block))
+    return settings
+
+
+def evaluate_image_config(model, tokenizer, processor: ImageProcessor | None, config: EvalConfig,
+                          progress=None) -> dict:
+    """Run :func:`evaluate_images` as ``config`` says (``seed`` counts from :data:`HELDOUT_SEED`; ``batch_size``
+    does not apply: every task decodes alone); returns a JSON-ready result (:func:`image_eval_markdown`)."""
+    config = config.validate()
+    kinds = image_kinds(config.families)  # before any decoding: a typo is one line, not a wasted run
+    started = time.perf_counter()
+    report = evaluate_images(model, tokenizer, processor, config.n_tasks, image_settings(model, config),
+                             HELDOUT_SEED + config.seed, kinds, progress, config.max_new_tokens)
+    return {"kind": "image_eval", "environment": environment(model), "config": config.model_dump(),
+            **report.to_dict(), "elapsed_s": time.perf_counter() - started}
+
+
+def report_markdown(report: ImageEvalReport | dict) -> str:
+    """One table row per setting: accuracy (facts, tasks, per kind), TPF, prefill and decode time, tokens/s.
+    ``report``: an :class:`ImageEvalReport` or its :meth:`~ImageEvalReport.to_dict` (what eval.json holds)."""
+    data = report.to_dict() if isinstance(report, ImageEvalReport) else report
+    cap = f", max_new_tokens {data['max_new_tokens']}" if data.get("max_new_tokens") else ""
+    note = f" Note: {data['note']}." if data.get("note") else ""
+    lines = [f"{data['n_tasks']} held-out image tasks (seed {data['seed']}), batch 1, greedy{cap}.{note}", "",
              "| setting | facts correct | exact | per kind | TPF (pooled / per seq.) | prefill ms | decode ms | "
              "decode tok/s | tok/s | = AR |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in report.results:
-        s = r.summary()
+    for s in data["settings"]:
         kinds = ", ".join(f"{k} {v:.0%}" for k, v in s["accuracy_by_kind"].items())
         same = "" if s["identical_to_ar"] is None else f"{s['identical_to_ar']:.0%}"
-        lines.append(f"| {r.label} | {s['accuracy']:.1%} ({s['facts_correct']}/{s['facts_total']}) | "
+        lines.append(f"| {s['label']} | {s['accuracy']:.1%} ({s['facts_correct']}/{s['facts_total']}) | "
                      f"{s['exact_rate']:.0%} | {kinds} | {s['tpf']:.2f} / {s['tpf_per_sequence']:.2f} | "
                      f"{s['prefill_s'] * 1e3:.1f} | {s['decode_s'] * 1e3:.1f} | {s['decode_tokens_per_s']:.0f} | "
                      f"{s['tokens_per_s']:.0f} | {same} |")
     return "\n".join(lines)
 
 
+def image_eval_markdown(result: dict) -> str:
+    """The body of eval.md for a vision-language model (:func:`evaluate_image_config`'s result): the table
+    and how to read it."""
+    return "\n".join([report_markdown(result), "",
+                      "Facts correct: facts stated exactly / facts asked, pooled over tasks; exact: tasks with "
+                      "every fact right. Prefill (the prompt's forward, which runs the vision tower) and decode "
+                      "(every forward after it) are each the mean per task. = AR: share of outputs "
+                      "token-identical to AR greedy: the speculative modes are lossless, so anything below 100% "
+                      "for them is a bug; for block diffusion it measures drift."])
+
+
 __all__ = ["ImageSetting", "DEFAULT_SETTINGS", "TaskResult", "SettingResult", "ImageEvalReport", "evaluate_images",
-           "report_markdown"]
+           "task_inputs", "decode_image", "image_kinds", "image_settings", "evaluate_image_config",
+           "report_markdown", "image_eval_markdown"]

@@ -45,15 +45,31 @@ def write_json(path: Path, data: dict) -> Path:
 
 # ---------------------------------------------------------------- eval
 def write_eval_files(result: dict, out_dir: Path, command: str) -> list[Path]:
+    """eval.json and eval.md of `trimode eval` on a text model (:func:`~.accuracy.evaluate`'s result)."""
     from .accuracy import eval_markdown
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md = header(f"trimode eval: {result.get('model', 'model')}", command, result["environment"])
-    md += ["## Accuracy on held-out tasks", "", eval_markdown(result), ""]
+    sections = [("Accuracy on held-out tasks", eval_markdown(result))]
     if result.get("humaneval"):  # `trimode eval --humaneval`
         from .humaneval import humaneval_markdown
 
-        md += ["## HumanEval pass@1", "", humaneval_markdown(result["humaneval"]), ""]
+        sections.append(("HumanEval pass@1", humaneval_markdown(result["humaneval"])))
+    return _write_eval(result, out_dir, command, sections)
+
+
+def write_image_eval_files(result: dict, out_dir: Path, command: str) -> list[Path]:
+    """eval.json and eval.md of `trimode eval` on a vision-language model
+    (:func:`~.image_eval.evaluate_image_config`'s result)."""
+    from .image_eval import image_eval_markdown
+
+    return _write_eval(result, out_dir, command, [("Accuracy on held-out image tasks", image_eval_markdown(result))])
+
+
+def _write_eval(result: dict, out_dir: Path, command: str, sections: list[tuple[str, str]]) -> list[Path]:
+    """eval.json (``result``) and eval.md: the header (command, environment), one ``## title`` per section."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = header(f"trimode eval: {result.get('model', 'model')}", command, result["environment"])
+    for title, body in sections:
+        md += [f"## {title}", "", body, ""]
     md += [f"Finished in {result['elapsed_s']:.1f} s."]
     return [write_json(out_dir / "eval.json", result), _write(out_dir / "eval.md", md)]
 
@@ -261,7 +277,7 @@ def results_markdown(result: dict, command: str, evaluation: dict | None = None)
         md.append(f"- SOL (oracle diffusion) TPF on {s['prompt_set']} prompts at block {result['block_length']}: "
                   f"{s['tpf']:.2f}; " + ", ".join(f"{m} reaches {_f(v['share_of_sol'], '.0%')}"
                                                   for m, v in s["samplers"].items()) + ".")
-    if evaluation:
+    if evaluation and "rows" in evaluation:  # a text eval (an image eval's eval.json has no rows to quote)
         md += ["", f"Accuracy on held-out tasks (`{evaluation.get('command', 'trimode eval')}`, "
                "[eval.md](eval.md)): " + ", ".join(
                    f"{r['setting']} {r['accuracy']:.0%}" + (f" ({r['identical_to_ar']:.0%} identical to AR)"
