@@ -77,11 +77,27 @@ INK = (0, 0, 0)
 
 
 @dataclass(frozen=True)
+class Region:
+    """Where something the answer names is drawn: an ink box and the words for it.
+
+    ``box`` is (x0, y0, x1, y1) in pixels, ``x1``/``y1`` exclusive; ``text`` is what is written there, read left
+    to right across the box (empty for a shape or a bar); ``names`` are words the answer uses for it that are not
+    written (its colour, its kind). Training uses them to tell each image token what lies under it
+    (:mod:`trimode.training.vlm_grounding`); scoring never does.
+    """
+
+    box: tuple[int, int, int, int]
+    text: str = ""
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ImageTask:
     """One generated example: the image, the user prompt, the reference answer and the facts it states.
 
     ``answer`` is the sentences ``f"{name} {value}."`` of ``facts``, in order, joined by spaces: a fact's name is
-    the fixed phrase that introduces it ("Bar A is"), so :func:`score` finds each fact in any text.
+    the fixed phrase that introduces it ("Bar A is"), so :func:`score` finds each fact in any text. ``regions``:
+    where the named things are drawn (:class:`Region`).
     """
 
     kind: str
@@ -89,6 +105,7 @@ class ImageTask:
     question: str
     answer: str
     facts: tuple[tuple[str, str], ...]
+    regions: tuple[Region, ...] = ()
 
 
 def split(seed: int) -> str:
@@ -108,11 +125,14 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(path), size)
 
 
-def _draw_centered(draw: ImageDraw.ImageDraw, cx: float, cy: float, text: str, size: int, fill=INK) -> None:
+def _draw_centered(draw: ImageDraw.ImageDraw, cx: float, cy: float, text: str, size: int, fill=INK,
+                   names: tuple[str, ...] = ()) -> Region:
     """Text whose ink box is centred on (cx, cy) (``anchor="mm"`` centres on the font's metrics instead, which
-    puts digits and lowercase words at different heights)."""
+    puts digits and lowercase words at different heights); returns its :class:`Region`."""
     left, top, right, bottom = font(size).getbbox(text)
-    draw.text((round(cx - (left + right) / 2), round(cy - (top + bottom) / 2)), text, font=font(size), fill=fill)
+    x, y = round(cx - (left + right) / 2), round(cy - (top + bottom) / 2)
+    draw.text((x, y), text, font=font(size), fill=fill)
+    return Region((x + left, y + top, x + right, y + bottom), text, names)
 
 
 def _article(word: str) -> str:
@@ -130,12 +150,14 @@ BAR_UNIT = 16  # px per unit of value: 9 -> 144 px
 BAR_BASELINE = 190  # y of the axis; labels go below it, values above each bar
 
 
-def _bars(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
+def _bars(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]], list[Region]]:
     """3-5 bars with distinct labels and distinct values 1-9 (distinct, so the tallest and shortest are unique)."""
     n = rng.randint(3, 5)
     labels = rng.sample(LABELS, n)
     values = rng.sample(range(1, 10), n)
-    colour = COLOURS[rng.choice(BAR_COLOURS)]
+    colour_name = rng.choice(BAR_COLOURS)
+    colour = COLOURS[colour_name]
+    regions = []
     image = Image.new("RGB", BARS_SIZE, WHITE)
     draw = ImageDraw.Draw(image)
     width = BARS_SIZE[0]
@@ -147,15 +169,16 @@ def _bars(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
         x0 = round(cx - bar_w / 2)
         top = BAR_BASELINE - value * BAR_UNIT
         draw.rectangle([x0, top, x0 + bar_w - 1, BAR_BASELINE - 1], fill=colour)
-        _draw_centered(draw, cx, top - 14, str(value), 22)
-        _draw_centered(draw, cx, BAR_BASELINE + 17, label, 22)
+        regions += [Region((x0, top, x0 + bar_w, BAR_BASELINE), names=(colour_name,)),
+                    _draw_centered(draw, cx, top - 14, str(value), 22),
+                    _draw_centered(draw, cx, BAR_BASELINE + 17, label, 22)]
     facts = [("The chart has", _plural(n, "bar"))]
     facts += [(f"Bar {label} is", str(value)) for label, value in zip(labels, values)]
     tallest = max(zip(values, labels))
     shortest = min(zip(values, labels))
     facts += [("The tallest bar is", f"{tallest[1]} with {tallest[0]}"),
               ("The shortest bar is", f"{shortest[1]} with {shortest[0]}")]
-    return image, facts
+    return image, facts, regions
 
 
 # --- table -----------------------------------------------------------------------------------------------------
@@ -164,7 +187,7 @@ TABLE_SIZE = (252, 168)
 CELL_W, CELL_H = 84, 56
 
 
-def _table(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
+def _table(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]], list[Region]]:
     """A 2-3 x 2-3 grid: a word in the first column (a row's name), numbers 0-99 in the others."""
     rows, cols = rng.randint(2, 3), rng.randint(2, 3)
     cells = [[rng.choice(WORDS)] + [str(rng.randint(0, 99)) for _ in range(cols - 1)] for _ in range(rows)]
@@ -177,12 +200,11 @@ def _table(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
     for c in range(cols + 1):
         x = min(c * CELL_W, TABLE_SIZE[0] - 2)
         draw.line([(x, 0), (x, rows * CELL_H)], fill=(90, 90, 90), width=2)
-    for r, row in enumerate(cells):
-        for c, cell in enumerate(row):
-            _draw_centered(draw, c * CELL_W + CELL_W / 2 + 1, r * CELL_H + CELL_H / 2 + 1, cell, 22)
+    regions = [_draw_centered(draw, c * CELL_W + CELL_W / 2 + 1, r * CELL_H + CELL_H / 2 + 1, cell, 22)
+               for r, row in enumerate(cells) for c, cell in enumerate(row)]
     facts = [("The table has", f"{_plural(rows, 'row')} and {_plural(cols, 'column')}")]
     facts += [(f"Row {r + 1}:", ", ".join(row)) for r, row in enumerate(cells)]
-    return image, facts
+    return image, facts, regions
 
 
 # --- shapes ----------------------------------------------------------------------------------------------------
@@ -191,7 +213,7 @@ SHAPES_SIZE = (168, 168)
 SHAPE_CELL = 56
 
 
-def _shapes(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
+def _shapes(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]], list[Region]]:
     """2-4 shapes, each a colour and a kind, in distinct cells of a 3 x 3 grid.
 
     Not 1: only 162 one-shape images exist, so held-out ones would all be training images too; 2 is rarer than
@@ -202,16 +224,17 @@ def _shapes(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
     placed = [(cell, rng.choice(tuple(COLOURS)), rng.choice(SHAPES)) for cell in cells]
     image = Image.new("RGB", SHAPES_SIZE, WHITE)
     draw = ImageDraw.Draw(image)
-    for cell, colour, shape in placed:
-        _draw_shape(draw, shape, COLOURS[colour], (cell % 3) * SHAPE_CELL, (cell // 3) * SHAPE_CELL)
+    regions = [_draw_shape(draw, shape, colour, (cell % 3) * SHAPE_CELL, (cell // 3) * SHAPE_CELL)
+               for cell, colour, shape in placed]
     facts = [("The image has", _plural(n, "shape"))]
     facts += [(f"At the {POSITIONS[cell]} there is", f"{_article(colour)} {colour} {shape}") for cell, colour, shape in placed]
     facts += [(f"{shape.capitalize()}s:", str(sum(s == shape for _, _, s in placed))) for shape in SHAPES]
-    return image, facts
+    return image, facts, regions
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, fill, x: int, y: int) -> None:
-    """A filled shape of about 40 px in the 56 px cell whose top-left corner is (x, y)."""
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour: str, x: int, y: int) -> Region:
+    """A filled shape of about 40 px in the 56 px cell whose top-left corner is (x, y); returns its region."""
+    fill = COLOURS[colour]
     m = 8  # margin: neighbouring shapes never touch
     box = [x + m, y + m, x + SHAPE_CELL - m - 1, y + SHAPE_CELL - m - 1]
     if shape == "circle":
@@ -220,6 +243,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, fill, x: int, y: int) -> 
         draw.rectangle([box[0] + 2, box[1] + 2, box[2] - 2, box[3] - 2], fill=fill)  # same area as the circle, about
     else:
         draw.polygon([(x + SHAPE_CELL / 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill)
+    return Region((box[0], box[1], box[2] + 1, box[3] + 1), names=(colour, shape))
 
 
 # --- text ------------------------------------------------------------------------------------------------------
@@ -229,7 +253,7 @@ TEXT_LINE = 56
 TEXT_FONT = 36
 
 
-def _text(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
+def _text(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]], list[Region]]:
     """1-3 words, each a vocabulary word or a number 0-999, one per line, in one colour.
 
     A text of one word is a number, and the colour is a fact too: with only 16 one-word texts, or without the
@@ -241,18 +265,18 @@ def _text(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
     image = Image.new("RGB", TEXT_SIZE, WHITE)
     draw = ImageDraw.Draw(image)
     top = (TEXT_SIZE[1] - n * TEXT_LINE) // 2  # the block of lines centred vertically
-    for i, word in enumerate(words):
-        # A small horizontal jitter, so that a word is read from its glyphs and not from where it starts.
-        _draw_centered(draw, TEXT_SIZE[0] / 2 + rng.randint(-20, 20), top + (i + 0.5) * TEXT_LINE, word, TEXT_FONT,
-                       COLOURS[colour])
+    # A small horizontal jitter, so that a word is read from its glyphs and not from where it starts.
+    regions = [_draw_centered(draw, TEXT_SIZE[0] / 2 + rng.randint(-20, 20), top + (i + 0.5) * TEXT_LINE, word,
+                              TEXT_FONT, COLOURS[colour], names=(colour,))
+               for i, word in enumerate(words)]
     facts = [("The text has", _plural(n, "word")), ("The text is", colour)]
     facts += [(f"Word {i + 1} is", word) for i, word in enumerate(words)]
     facts += [("The image says:", " ".join(words)),
               ("Without spaces it has", _plural(sum(map(len, words)), "character"))]
-    return image, facts
+    return image, facts, regions
 
 
-GENERATORS: dict[str, Callable[[random.Random], tuple[Image.Image, list[tuple[str, str]]]]] = {
+GENERATORS: dict[str, Callable[[random.Random], tuple[Image.Image, list[tuple[str, str]], list[Region]]]] = {
     "bars": _bars, "table": _table, "shapes": _shapes, "text": _text}
 
 
@@ -262,9 +286,9 @@ def make_task(kind: str, rng: random.Random) -> ImageTask:
     """One task of ``kind``, drawn from ``rng`` (the same state gives the same pixels and answer)."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown image task kind {kind!r}; the kinds are {', '.join(KINDS)}")
-    image, facts = GENERATORS[kind](rng)
+    image, facts, regions = GENERATORS[kind](rng)
     answer = " ".join(f"{name} {value}." for name, value in facts)
-    return ImageTask(kind, image, QUESTIONS[kind], answer, tuple(facts))
+    return ImageTask(kind, image, QUESTIONS[kind], answer, tuple(facts), tuple(regions))
 
 
 def make_tasks(n: int, seed: int = TRAIN_SEED, kinds=None) -> list[ImageTask]:

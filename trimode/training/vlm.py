@@ -117,9 +117,11 @@ def vlm_stage_parts(cfg: TrainConfig, dist: DistInfo, out: Path, model, tokenize
         save_model_files(model, tokenizer, out)
     barrier(dist)
     G = global_batch_size(cfg, dist.world_size)
+    grounding = cfg.vlm.grounding_weight > 0
     train_samples = ImageTaskSamples(tokenizer, model.config, cfg.vlm.train_seed, cfg.seq_len, cfg.vlm.kinds,
-                                     cfg.n_tasks)
-    heldout = ImageTaskSamples(tokenizer, model.config, cfg.vlm.eval_seed, cfg.seq_len, cfg.vlm.kinds)
+                                     cfg.n_tasks, grounding=grounding)
+    heldout = ImageTaskSamples(tokenizer, model.config, cfg.vlm.eval_seed, cfg.seq_len, cfg.vlm.kinds,
+                               grounding=grounding)
     info["image_tokens"] = {k: getattr(model.config, k) for k in IMAGE_TOKENS}
     scale = cfg.vlm.vision_lr_scale
     for name, p in model.named_parameters():

@@ -9,7 +9,9 @@ answer and EOS, the training target. A sample is a dict of tensors:
 - ``prompt_length``, ``length`` (): where the answer starts and where the sequence ends;
 - ``pixel_values`` (3, S, S): the processed image at the top left of an ``S = max_image_size`` square
   (zeros elsewhere: the tower reads only ``image_sizes``' part), ``image_sizes`` (2,) its (height, width);
-- ``task_index`` (): ``i``, so that anything about the sample can be drawn again.
+- ``task_index`` (): ``i``, so that anything about the sample can be drawn again;
+- with ``grounding``, ``cell_tokens`` (C, K): what each image token shows, as token ids
+  (:func:`trimode.training.vlm_grounding.cell_targets`), C = the most image tokens an image can have.
 
 Because a sample is a pure function of its index, :class:`IndexBatcher` needs no stream to replay:
 global batch ``k`` holds samples ``k * G .. k * G + G - 1`` (modulo ``n_tasks`` when that is set),
@@ -57,7 +59,8 @@ def task_messages(task: ImageTask) -> list[dict]:
 class ImageTaskSamples:
     """Sample ``i`` of the image tasks of one seed (see the module docstring), built on demand."""
 
-    def __init__(self, tokenizer, model_config, seed: int, seq_len: int, kinds=None, n_tasks: int = 0):
+    def __init__(self, tokenizer, model_config, seed: int, seq_len: int, kinds=None, n_tasks: int = 0,
+                 grounding: bool = False):
         self.tokenizer = tokenizer
         self.config = model_config
         self.processor = ImageProcessor(model_config)
@@ -67,6 +70,8 @@ class ImageTaskSamples:
         self.n_tasks = n_tasks
         self.side = int(model_config.max_image_size)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.grounding = grounding
+        self.cell = model_config.vision_config.patch_size * model_config.spatial_merge_size
 
     def task(self, index: int) -> ImageTask:
         return task_at(index % self.n_tasks if self.n_tasks else index, self.seed, self.kinds)
@@ -88,10 +93,22 @@ class ImageTaskSamples:
                              f"tokens, more than seq_len={self.seq_len}: raise seq_len")
         ids = torch.full((self.seq_len,), self.pad, dtype=torch.long)
         ids[:len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-        return {"input_ids": ids, "prompt_length": torch.tensor(len(prompt)),
-                "length": torch.tensor(len(prompt) + len(answer)),
-                **self.padded_image(inputs["pixel_values"][0], inputs["image_sizes"][0], pixels),
-                "task_index": torch.tensor(index)}
+        sample = {"input_ids": ids, "prompt_length": torch.tensor(len(prompt)),
+                  "length": torch.tensor(len(prompt) + len(answer)),
+                  **self.padded_image(inputs["pixel_values"][0], inputs["image_sizes"][0], pixels),
+                  "task_index": torch.tensor(index)}
+        if self.grounding:
+            sample["cell_tokens"] = self.cell_tokens(task, inputs["image_sizes"][0])
+        return sample
+
+    def cell_tokens(self, task: ImageTask, size: torch.Tensor) -> torch.Tensor:
+        """(C, K) ids of what each image token of ``task`` shows, -1 past its last image token."""
+        from .vlm_grounding import MAX_TARGET_TOKENS, cell_targets
+
+        targets = cell_targets(task, self.tokenizer, tuple(int(v) for v in size), self.cell)
+        out = torch.full(((self.side // self.cell) ** 2, MAX_TARGET_TOKENS), -1, dtype=torch.long)
+        out[:targets.shape[0]] = targets
+        return out
 
     def padded_image(self, pixels: torch.Tensor, size: torch.Tensor,
                      square: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -23,6 +23,10 @@ AR CE of the answer tokens (EOS included) from the clean stream, ``alpha * diffu
 summed (the trainer divides by the global count, ``n_masked + n_ar``). The noisy stream is shorter
 than the whole sequence, so a step costs ``L + W`` tokens instead of ``2L``.
 
+With ``vlm.grounding_weight`` > 0 a third term pulls each image token's projected feature towards the
+embeddings of the words for what it shows (:mod:`.vlm_grounding`), weighted so that it adds
+``grounding_weight`` x its mean per image token to the per-token loss.
+
 The Pixtral tower runs once per image: transformers' ``PixtralVisionModel`` packs a batch of images
 into one sequence with a dense block-diagonal mask, whose cost grows with the square of the batch.
 """
@@ -36,27 +40,30 @@ from ..loss import corrupt
 from .config import TrainConfig
 from .data import generator_for
 from .objectives import JointObjective, Prepared, Terms
+from .vlm_grounding import grounding_loss
 
 IMAGE_KEYS = ("pixel_values", "image_sizes")
 
 
 def image_embeddings(model, input_ids: torch.Tensor, pixel_values: torch.Tensor,
-                     image_sizes: torch.Tensor) -> torch.Tensor:
-    """Token embeddings (b, L, hidden) with row r's image features at its ``image_token_id`` placeholders.
+                     image_sizes: torch.Tensor, return_features: bool = False):
+    """Token embeddings (b, L, hidden) with row r's image features at its ``image_token_id`` placeholders
+    (and, with ``return_features``, the list of each row's (n_r, hidden) features too).
 
     One image per row; ``pixel_values`` (b, 3, S, S) hold each at the top left, ``image_sizes`` (b, 2)
     its (height, width).
     """
     embeds = model.encoder.embed_tokens(input_ids)
-    features = []
+    per_row = []
     for r in range(input_ids.shape[0]):
         h, w = (int(v) for v in image_sizes[r])
-        features += model.get_image_features(pixel_values[r:r + 1, :, :h, :w], image_sizes[r:r + 1])
-    features = torch.cat(features).to(embeds.dtype)
+        per_row += model.get_image_features(pixel_values[r:r + 1, :, :h, :w], image_sizes[r:r + 1])
+    features = torch.cat(per_row).to(embeds.dtype)
     mask = input_ids == model.config.image_token_id
     if int(mask.sum()) != features.shape[0]:
         raise ValueError(f"{int(mask.sum())} image placeholders in the batch for {features.shape[0]} image features")
-    return embeds.masked_scatter(mask[..., None].expand_as(embeds), features)
+    embeds = embeds.masked_scatter(mask[..., None].expand_as(embeds), features)
+    return (embeds, per_row) if return_features else embeds
 
 
 def answer_window_mask(prompt_length: torch.Tensor, L: int, W: int, block: int) -> torch.Tensor:
@@ -74,10 +81,14 @@ def answer_window_mask(prompt_length: torch.Tensor, L: int, W: int, block: int) 
 
 class VLMJointObjective(JointObjective):
     """Stage ``vlm``: the answer-window joint loss above, with the random draws of :class:`JointObjective`
-    (per-sample corruption from (seed, purpose, step, global index), one block size per step)."""
+    (per-sample corruption from (seed, purpose, step, global index), one block size per step), plus the
+    grounding term when ``cfg.vlm.grounding_weight`` > 0."""
+
+    stat_names = JointObjective.stat_names + ("grounding_sum", "n_cells")
 
     def __init__(self, cfg: TrainConfig, model, device: torch.device):
         super().__init__(cfg, model.config, device)
+        self.grounding_weight = cfg.vlm.grounding_weight
         self.model = model  # the module whose tower and embeddings build the inputs
         self.eos = model.config.eos_token_ids[0]
         self.pad = model.config.pad_token_id if model.config.pad_token_id is not None else self.eos
@@ -113,6 +124,8 @@ class VLMJointObjective(JointObjective):
         inputs = {"x0": ids[:, :L], "xt": xt[:, :W], "targets": targets[:, :W], "masked": masked[:, :W], "p": p,
                   "positions": positions, "mask": answer_window_mask(P, L, W, block), "keep": keep,
                   "ar_targets": ar_targets, **{k: batch[k] for k in IMAGE_KEYS}}
+        if self.grounding_weight > 0:
+            inputs["cell_tokens"] = batch["cell_tokens"]
         n_ar = int((T - P).sum())
         return Prepared({k: v.to(self.device) for k, v in inputs.items()}, count=int(masked.sum()) + n_ar,
                         tokens=int(T.sum()), extra={"block_size": block, "maskable": int(maskable.sum())})
@@ -120,8 +133,9 @@ class VLMJointObjective(JointObjective):
     def terms(self, engine, prepared) -> Terms:
         x = prepared.inputs
         W = x["xt"].shape[1]
-        embeds = torch.cat([self.model.encoder.embed_tokens(x["xt"]),
-                            image_embeddings(self.model, x["x0"], x["pixel_values"], x["image_sizes"])], 1)
+        clean, features = image_embeddings(self.model, x["x0"], x["pixel_values"], x["image_sizes"],
+                                           return_features=True)
+        embeds = torch.cat([self.model.encoder.embed_tokens(x["xt"]), clean], 1)
         logits = engine(torch.cat([x["xt"], x["x0"]], 1), position_ids=x["positions"], attention_mask=x["mask"],
                         inputs_embeds=embeds, logits_to_keep=x["keep"]).logits.float()
         masked, p = x["masked"], x["p"]
@@ -132,8 +146,19 @@ class VLMJointObjective(JointObjective):
                              ignore_index=-100, reduction="sum")
         n_masked, n_ar = int(masked.sum()), int((x["ar_targets"] != -100).sum())
         numerator = self.alpha * diffusion + self.ar_weight * ar
+        grounding, n_cells = torch.zeros(()), sum(f.shape[0] for f in features)
+        if self.grounding_weight > 0:
+            grounding = grounding_loss(features, x["cell_tokens"], self.model.encoder.embed_tokens.weight)
+            # the trainer divides by the token count: scaled so that it adds weight x the mean per image token
+            numerator = numerator + self.grounding_weight * grounding * (prepared.count / max(1, n_cells))
         return Terms(numerator, [ar.item(), float(n_ar), diffusion.item(), float(n_masked),
-                                 float(prepared.extra["maskable"])])
+                                 float(prepared.extra["maskable"]), grounding.item(), float(n_cells)])
+
+    def summarize(self, sums):
+        out = super().summarize(sums)
+        if self.grounding_weight > 0:
+            out["grounding_loss"] = sums["grounding_sum"] / max(1.0, sums["n_cells"])
+        return out
 
 
 __all__ = ["VLMJointObjective", "answer_window_mask", "image_embeddings"]
