@@ -41,7 +41,7 @@ import torch
 from ..image_processing import ImageProcessor, build_inputs
 from ..image_tasks import HELDOUT_SEED, KINDS, make_tasks, score
 from ..training.vlm_data import task_messages
-from .accuracy import ANSWER_MARGIN, answer_budget
+from .accuracy import ANSWER_MARGIN, answer_budget, eval_settings
 from .bench_config import EvalConfig
 from .environment import environment
 
@@ -247,20 +247,11 @@ def image_kinds(families: list[str] | None) -> list[str] | None:
 
 
 def image_settings(model, config: EvalConfig) -> list[ImageSetting]:
-    """The settings of ``config``, as :func:`~trimode.evaluation.accuracy.eval_settings` makes them for text:
+    """The settings of ``config``, those :func:`~trimode.evaluation.accuracy.eval_settings` makes for text:
     AR first (the reference), then each mode at ``block_length`` (default: the model config's), diffusion once
     per threshold (None: the fixed schedule; default: the model config's threshold)."""
-    block = config.block_length or model.config.block_size
-    settings = [ImageSetting("ar")]
-    for mode in config.modes:
-        if mode == "ar":
-            continue
-        if mode == "diffusion":
-            thresholds = config.thresholds or [model.config.threshold]
-            settings += [ImageSetting(mode, block, t, fixed_schedule=t is None) for t in thresholds]
-        else:
-            settings.append(ImageSetting(mode, block))
-    return settings
+    return [ImageSetting(s.mode, s.block_length, s.threshold, fixed_schedule=s.mode == "diffusion" and s.threshold is None)
+            for s in eval_settings(model, config)]
 
 
 def evaluate_image_config(model, tokenizer, processor: ImageProcessor | None, config: EvalConfig,
