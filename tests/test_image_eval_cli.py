@@ -1,7 +1,9 @@
-"""``trimode eval`` and ``trimode demo`` on a vision-language model: eval scores held-out image tasks per
-setting (eval.md / eval.json, prefill apart from decode, the speculative modes identical to AR); a bad kind
-or ``--humaneval`` is one line on stderr; the demo runs one image task in all four modes, also after the
-text model's prompts when the shipped VLM directory is there (a tiny random VLM stands in for it)."""
+"""``trimode eval``, ``trimode bench`` and ``trimode demo`` on a vision-language model: eval scores held-out
+image tasks per setting (eval.md / eval.json, prefill apart from decode, the speculative modes identical to AR);
+a bad kind or ``--humaneval`` is one line on stderr; bench times every mode on held-out image tasks (bench.md /
+bench.json), a flag of the text benchmark said once to be ignored; the demo runs one image task in all four
+modes, also after the text model's prompts when the shipped VLM directory is there (a tiny random VLM stands in
+for it)."""
 
 import contextlib
 import io
@@ -153,7 +155,7 @@ def test_demo_on_the_text_model_alone_is_unchanged(case, models_dir, tmp_path, c
 
 
 def test_progress_is_a_bar_per_setting_on_a_terminal(capsys):
-    from trimode.commands.eval import SettingProgress
+    from trimode.commands.common import SettingProgress
 
     progress = SettingProgress(bars=True)
     for label in ("ar", "linear-spec B=4"):
@@ -170,3 +172,81 @@ def test_bench_results_page_skips_an_image_eval_beside_it(image_eval):
     result = {"model": "trimode-tiny-vlm", "environment": image_eval[3]["environment"]}
     page = "\n".join(results_markdown(result, "trimode bench", image_eval[3]))
     assert "Accuracy on held-out tasks" not in page and page.startswith("# Results in one minute")
+
+
+# ---------------------------------------------------------------- `trimode bench` on a VLM
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(argv)
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image_bench(vlm_dir, tmp_path_factory):
+    """One `trimode bench --quick` of the VLM with flags of the text benchmark that do not apply:
+    (exit status, stdout, stderr, bench.json, bench.md, the out dir)."""
+    out = tmp_path_factory.mktemp("bench")
+    status, stdout, stderr = _run(["bench", "--model", str(vlm_dir), "--quick", "--modes", ",".join(MODES),
+                                   "--block-length", "4", "--max-new-tokens", "12", "--batch-sizes", "1,4",
+                                   "--no-baseline", "--out", str(out)])
+    return status, stdout, stderr, json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), out
+
+
+def test_bench_times_every_mode_with_prefill_apart_from_decode(image_bench):
+    status, stdout, stderr, result, md, out = image_bench
+    assert status == 0
+    assert result["kind"] == "image_bench" and result["model"] == "trimode-tiny-vlm"
+    assert result["n_tasks"] == 2 and result["seed"] == HELDOUT_SEED and result["max_new_tokens"] == 12  # --quick
+    assert result["config"]["n_prompts"] == 2 and result["image_config"]["n_tasks"] == 2
+    settings = {s["label"].split()[0]: s for s in result["settings"]}
+    assert list(settings) == MODES and len(result["settings"]) == len(MODES)  # one entry per mode
+    for mode, s in settings.items():
+        assert s["prefill_s"] > 0 and s["decode_s"] > 0, mode
+        assert s["tpf"] > 0 and s["decode_tokens_per_s"] > 0 and s["tokens_per_s"] > 0, mode
+        assert s["facts_total"] > 0 and 0 <= s["accuracy"] <= 1, mode
+    assert settings["ar"]["identical_to_ar"] == 1.0
+    assert settings["linear-spec"]["identical_to_ar"] == settings["quadratic-spec"]["identical_to_ar"] == 1.0
+    assert [s["label"] for s in result["settings"]][2:] == ["linear-spec B=4", "quadratic-spec B=4"]
+    # bench.md: the command and environment header, then the table, a row per mode
+    assert md.startswith("# trimode bench: trimode-tiny-vlm") and "## Environment" in md
+    assert "trimode bench" in md and "--batch-sizes" in md
+    table = md[md.index("## Every mode on held-out image tasks"):]
+    assert "| TPF (pooled / per seq.) | prefill ms | decode ms | decode tok/s | tok/s | = AR |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
+    assert [r.split(" | ")[0].removeprefix("| ").split()[0] for r in rows] == MODES
+    assert "| prefill ms | decode ms |" in stdout and "wrote " in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]  # no text-bench plots or pages
+
+
+def test_bench_says_once_which_flags_it_ignores(image_bench):
+    stderr = image_bench[2]
+    notes = [line for line in stderr.splitlines() if "not apply" in line]
+    assert notes == ["bench: --batch-sizes, --no-baseline do not apply to a vision-language model, ignored: it "
+                     "runs held-out image tasks, each decoded alone (batch 1)"]
+    assert "Traceback" not in stderr and "export" not in stderr
+    done = [line for line in stderr.splitlines() if line.startswith("bench: ") and "image tasks done" in line]
+    assert [line.split(": ")[1].split()[0] for line in done] == MODES
+
+
+def test_bench_reads_its_seed_threshold_and_modes(vlm_dir, tmp_path):
+    """--seed counts from the held-out seed, --threshold sets diffusion's, AR runs though not asked; without
+    --max-new-tokens each task has room for its whole answer; --batch-sizes 1 is no ignored flag."""
+    status, _, stderr = _run(["bench", "--model", str(vlm_dir), "--n-prompts", "1", "--seed", "2", "--modes",
+                              "diffusion", "--block-length", "4", "--threshold", "0.5", "--batch-sizes", "1",
+                              "--out", str(tmp_path)])
+    assert status == 0 and "not apply" not in stderr
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["seed"] == HELDOUT_SEED + 2 and result["n_tasks"] == 1
+    assert [s["label"] for s in result["settings"]] == ["ar", "diffusion B=4 t=0.5"]
+    assert result["max_new_tokens"] is None and result["note"] == ""
+
+
+def test_bench_names_every_ignored_flag():
+    from trimode.cli import build_parser
+    from trimode.commands.bench import ignored_image_flags
+
+    args = build_parser().parse_args(["bench", "--n-prompts", "3", "--threshold", "0.5", "--batch-sizes", "1",
+                                      "--thresholds", "0.5", "--no-sol", "--prompts-file", "p.txt", "--chat"])
+    assert ignored_image_flags(args) == ["--thresholds", "--no-sol", "--prompts-file", "--chat"]
+    assert ignored_image_flags(build_parser().parse_args(["bench", "--quick", "--modes", "ar"])) == []

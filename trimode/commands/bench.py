@@ -10,22 +10,34 @@ out keeps the config's default (or the ``--quick`` one).
 costs on this machine, printed, written as JSON and PNG, and persisted as the
 curve ``block_length="auto"`` decides from. Its flags come from
 :class:`~trimode.evaluation.bench_config.CurveConfig` the same way.
+
+A vision-language model (``Loaded.is_vlm``) is benchmarked on held-out generated image tasks instead
+(:func:`trimode.evaluation.image_eval.evaluate_image_bench`, as ``trimode eval`` on one): ``--n-prompts`` tasks
+from ``--seed``, each decoded alone (batch 1) in ``--modes`` at ``--block-length`` and ``--threshold``, with
+each task's image prefill time apart from its decode time; bench.md and bench.json, progress on stderr.
+``--max-new-tokens`` caps each task's budget only when given (by default each task has room for its whole
+answer, so accuracy means something). The flags of the text benchmark's other parts (batch sizes other than 1,
+the transformers baseline, SOL, the sweeps, auto block length, plots, prompt files) are ignored, said in one
+line on stderr. ``--forward-costs`` works as on a text model: it times the language model's forwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..evaluation.bench_config import BenchConfig, CurveConfig, quick_config, quick_curve_config
 from ..evaluation.cliargs import add_common_arguments, default_out_dir
-from .common import add_model_arguments, load_model
+from .common import SettingProgress, add_model_arguments, load_model
 from .config_flags import NO_FLAG, ConfigFlags, Flag
 
 DESCRIPTION = ("Benchmark every decoding mode on held-out task and code prompts: nfe, TPF, acceptance, "
                "drafted/accepted/rolled back, TTFT, latency P50/P95, tokens/s, against the SOL oracle and "
                "transformers generate() on the same weights, in the same run; threshold and block-length sweeps; "
-               "auto block length. Writes bench.md, bench.json, RESULTS.md and PNG plots.")
+               "auto block length. Writes bench.md, bench.json, RESULTS.md and PNG plots. A vision-language model gets "
+               "held-out image tasks instead (batch 1, every mode): accuracy, TPF, image prefill time apart from "
+               "decode time, tokens/s and the share identical to AR, in bench.md and bench.json.")
 FORWARD_COSTS_HELP = ("instead of the benchmark: time one forward of k new tokens after a cached prefix, per k, on "
                       "this machine for this model (median and min of the rounds, ratio to k=1, tokens/s, roofline "
                       "of k=1 from the measured memory bandwidth); prints a table, writes forward_costs.json and "
@@ -39,6 +51,8 @@ CURVE = ConfigFlags(CurveConfig, {"ks": Flag(metavar="K,K,..."), "prefix_tokens"
                                   "repeats": Flag(shared=True), "seed": Flag(shared=True),
                                   "bandwidth_bytes": NO_FLAG, "bandwidth_repeats": NO_FLAG},
                     given_only=True, context="with --forward-costs")
+# The BenchConfig fields the image benchmark of a vision-language model reads (batch_sizes: only [1]).
+IMAGE_BENCH_FIELDS = {"n_prompts", "seed", "max_new_tokens", "modes", "block_length", "threshold"}
 
 
 def register(sub) -> None:
@@ -97,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     config = bench_config(args)
     loaded = load_model(args, need="to build its prompts", drafter=not args.no_drafter)
     command = command_line("bench", args, args._parser)
+    if loaded.is_vlm:
+        return run_images(args, loaded, config, command)
     name = loaded.name
     sets = None
     if args.prompts_file:
@@ -109,5 +125,36 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out_dir(name)
     paths = write_bench_report(result, out, command, plots=config.plots)
     print(Path(out, "RESULTS.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def ignored_image_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given that the image benchmark of a vision-language model does not read."""
+    given = BENCH.values(args)
+    flags = [o.option for o in BENCH.options if o.path in given and o.path not in IMAGE_BENCH_FIELDS
+             and not (o.path == "batch_sizes" and given[o.path] == [1])]
+    return flags + [flag for flag, on in (("--prompts-file", args.prompts_file), ("--chat", args.chat)) if on]
+
+
+def run_images(args: argparse.Namespace, loaded, config: BenchConfig, command: str) -> int:
+    """`trimode bench` on a vision-language model: the held-out image tasks, bench.md and bench.json."""
+    from ..evaluation.image_eval import evaluate_image_bench, image_eval_markdown
+    from ..evaluation.report import write_image_bench_files
+
+    problem = loaded.image_support_error()  # a VLM whose tokenizer has no image token: say what to set
+    if problem is not None:
+        raise ValueError(problem)
+    ignored = ignored_image_flags(args)
+    if ignored:
+        print(f"bench: {', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to a vision-language "
+              "model, ignored: it runs held-out image tasks, each decoded alone (batch 1)",
+              file=sys.stderr)
+    result = evaluate_image_bench(loaded.model, loaded.tokenizer, loaded.image_processor, config,
+                                  SettingProgress("bench"), BENCH.values(args).get("max_new_tokens"))
+    result |= {"model": loaded.name, "command": command}
+    out = Path(args.out) if args.out else default_out_dir(loaded.name)
+    paths = write_image_bench_files(result, out, command)
+    print(image_eval_markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

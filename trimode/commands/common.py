@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from pydantic import Field
 
@@ -135,6 +136,35 @@ def load_model(args: argparse.Namespace, need: str | None = None, drafter: bool 
     if need and loaded.tokenizer is None:
         raise ValueError(f"{loaded.path} has no tokenizer; `trimode {args.command}` needs one {need}")
     return loaded
+
+
+# ---------------------------------------------------------------- progress
+class SettingProgress:
+    """Progress of an image evaluation on stderr (`trimode eval` and `trimode bench` on a vision-language
+    model), a ``progress(label, done, n)`` callback: on a terminal a tqdm bar per setting (as `trimode train`'s
+    bar: never under CI); elsewhere, a log, one line per setting done, ``"<command>: <label>: n image tasks
+    done"``."""
+
+    def __init__(self, command: str = "eval", bars: bool | None = None):
+        from ..training.logs import show_progress
+
+        self.command = command
+        self.bars = show_progress(bars)
+        self.bar = None
+
+    def __call__(self, label: str, done: int, n: int) -> None:
+        if not self.bars:
+            if done == n:
+                print(f"{self.command}: {label}: {n} image tasks done", file=sys.stderr, flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n, desc=label, unit="task", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(1)
+        if done == n:
+            self.bar.close()
+            self.bar = None
 
 
 # ---------------------------------------------------------------- tables

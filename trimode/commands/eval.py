@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..evaluation.bench_config import N_PROBLEMS, EvalConfig, HumanEvalConfig
 from ..evaluation.cliargs import add_common_arguments, default_out_dir
-from .common import add_model_arguments, load_model
+from .common import SettingProgress, add_model_arguments, load_model
 from .config_flags import NO_FLAG, ConfigFlags, Flag, bounded
 
 DESCRIPTION = ("Decode held-out checkable tasks greedily in every mode and score them by exact match; report "
@@ -116,34 +116,10 @@ def run_images(args: argparse.Namespace, loaded, config: EvalConfig, command: st
         print("eval: --batch-size does not apply to a vision-language model: every image task decodes alone "
               "(batch 1), so its prefill and decode times are its own", file=sys.stderr)
     result = evaluate_image_config(loaded.model, loaded.tokenizer, loaded.image_processor, config,
-                                   SettingProgress()) | {"model": loaded.name, "command": command}
+                                   SettingProgress("eval")) | {"model": loaded.name, "command": command}
     out = Path(args.out) if args.out else default_out_dir(loaded.name)
     paths = write_image_eval_files(result, out, command)
     print(image_eval_markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
-
-class SettingProgress:
-    """The image eval's progress on stderr, a ``progress(label, done, n)`` callback: on a terminal a tqdm bar
-    per setting (as `trimode train`'s bar: never under CI); elsewhere, a log, one line per setting done."""
-
-    def __init__(self, bars: bool | None = None):
-        from ..training.logs import show_progress
-
-        self.bars = show_progress(bars)
-        self.bar = None
-
-    def __call__(self, label: str, done: int, n: int) -> None:
-        if not self.bars:
-            if done == n:
-                print(f"eval: {label}: {n} image tasks done", file=sys.stderr, flush=True)
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=n, desc=label, unit="task", file=sys.stderr, dynamic_ncols=True)
-        self.bar.update(1)
-        if done == n:
-            self.bar.close()
-            self.bar = None

@@ -26,8 +26,11 @@ lowers it, and the report says when that cuts answers short.
 ``trimode eval`` on a vision-language model runs :func:`evaluate_image_config`: the settings of an
 :class:`~trimode.evaluation.bench_config.EvalConfig` (:func:`image_settings`, its ``families`` read as
 image kinds, its ``seed`` counted from :data:`~trimode.image_tasks.HELDOUT_SEED`) and a JSON-ready result
-with the environment, which :func:`image_eval_markdown` renders. :func:`decode_image` (one image prompt in
-one mode) is what ``trimode demo`` shares with the evaluation.
+with the environment, which :func:`image_eval_markdown` renders. ``trimode bench`` on a vision-language model
+runs :func:`evaluate_image_bench`: the same, from a :class:`~trimode.evaluation.bench_config.BenchConfig`
+(``n_prompts`` tasks, its ``seed``, ``modes``, ``block_length`` and ``threshold``; :func:`image_bench_config`),
+after one short untimed call per setting (``warmup``). :func:`decode_image` (one image prompt in one mode) is
+what ``trimode demo`` shares with the evaluation.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from ..image_processing import ImageProcessor, build_inputs
 from ..image_tasks import HELDOUT_SEED, KINDS, make_tasks, score
 from ..training.vlm_data import task_messages
 from .accuracy import ANSWER_MARGIN, answer_budget, eval_settings
-from .bench_config import EvalConfig
+from .bench_config import BenchConfig, EvalConfig
 from .environment import environment
 
 
@@ -171,11 +174,12 @@ class ImageEvalReport:
 
 def evaluate_images(model, tokenizer, processor: ImageProcessor | None = None, n_tasks: int = 32,
                     settings=DEFAULT_SETTINGS, seed: int = HELDOUT_SEED, kinds=None,
-                    progress=None, max_new_tokens: int | None = None) -> ImageEvalReport:
+                    progress=None, max_new_tokens: int | None = None, warmup: bool = False) -> ImageEvalReport:
     """Decode ``n_tasks`` held-out image tasks (kinds cycling, :func:`~trimode.image_tasks.make_tasks`) at
     batch 1 in each of ``settings`` (:class:`ImageSetting`; AR first if present, the reference for
     ``identical_to_ar``); ``progress(label, done, n)`` is called after each task if given;
-    ``max_new_tokens`` caps every task's budget."""
+    ``max_new_tokens`` caps every task's budget. ``warmup``: first decode a few tokens of the first task in
+    every setting, untimed (first-call allocations would otherwise land in the first setting's times)."""
     processor = processor if processor is not None else ImageProcessor(model.config)
     kinds = kinds or getattr(model.config, "image_task_kinds", None) or None
     tasks = make_tasks(n_tasks, seed, kinds)
@@ -192,6 +196,9 @@ def evaluate_images(model, tokenizer, processor: ImageProcessor | None = None, n
     model.eval()
     results = []
     try:
+        if warmup and tasks:
+            for setting in settings:
+                decode_image(model, setting.mode, inputs[0], min(4, budgets[0]), **setting.kwargs())
         for setting in sorted(settings, key=lambda s: s.mode != "ar"):
             rows = []
             for i, (task, x, budget) in enumerate(zip(tasks, inputs, budgets)):
@@ -255,16 +262,40 @@ def image_settings(model, config: EvalConfig) -> list[ImageSetting]:
 
 
 def evaluate_image_config(model, tokenizer, processor: ImageProcessor | None, config: EvalConfig,
-                          progress=None) -> dict:
+                          progress=None, warmup: bool = False) -> dict:
     """Run :func:`evaluate_images` as ``config`` says (``seed`` counts from :data:`HELDOUT_SEED`; ``batch_size``
     does not apply: every task decodes alone); returns a JSON-ready result (:func:`image_eval_markdown`)."""
     config = config.validate()
     kinds = image_kinds(config.families)  # before any decoding: a typo is one line, not a wasted run
     started = time.perf_counter()
     report = evaluate_images(model, tokenizer, processor, config.n_tasks, image_settings(model, config),
-                             HELDOUT_SEED + config.seed, kinds, progress, config.max_new_tokens)
+                             HELDOUT_SEED + config.seed, kinds, progress, config.max_new_tokens, warmup)
     return {"kind": "image_eval", "environment": environment(model), "config": config.model_dump(),
             **report.to_dict(), "elapsed_s": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------- `trimode bench` on a vision-language model
+def image_bench_config(config: BenchConfig, max_new_tokens: int | None = None) -> EvalConfig:
+    """The image evaluation ``trimode bench`` runs for ``config``: ``n_prompts`` tasks (the model's kinds) from
+    its ``seed``, its ``modes`` (AR always: the reference), ``block_length``, and diffusion at its ``threshold``
+    (None: the model config's). ``config.max_new_tokens`` is not read (each task gets room for its whole answer,
+    so accuracy means something); ``max_new_tokens`` caps that budget when given."""
+    return EvalConfig(n_tasks=config.n_prompts, seed=config.seed, modes=list(config.modes),
+                      block_length=config.block_length,
+                      thresholds=None if config.threshold is None else [config.threshold],
+                      max_new_tokens=max_new_tokens)
+
+
+def evaluate_image_bench(model, tokenizer, processor: ImageProcessor | None, config: BenchConfig, progress=None,
+                         max_new_tokens: int | None = None) -> dict:
+    """``trimode bench`` on a vision-language model: :func:`evaluate_image_config` of
+    :func:`image_bench_config`, warmed up as ``config.warmup`` says. The result (bench.json) is that of the
+    evaluation with ``kind`` ``"image_bench"``, ``config`` the bench config and ``image_config`` the evaluation
+    it ran; :func:`image_eval_markdown` renders it."""
+    config = config.validate()
+    image_config = image_bench_config(config, max_new_tokens)
+    result = evaluate_image_config(model, tokenizer, processor, image_config, progress, warmup=config.warmup)
+    return result | {"kind": "image_bench", "config": config.model_dump(), "image_config": result["config"]}
 
 
 def report_markdown(report: ImageEvalReport | dict) -> str:
@@ -299,4 +330,4 @@ def image_eval_markdown(result: dict) -> str:
 
 __all__ = ["ImageSetting", "DEFAULT_SETTINGS", "TaskResult", "SettingResult", "ImageEvalReport", "evaluate_images",
            "task_inputs", "decode_image", "image_kinds", "image_settings", "evaluate_image_config",
-           "report_markdown", "image_eval_markdown"]
+           "image_bench_config", "evaluate_image_bench", "report_markdown", "image_eval_markdown"]

@@ -53,7 +53,7 @@ def write_eval_files(result: dict, out_dir: Path, command: str) -> list[Path]:
         from .humaneval import humaneval_markdown
 
         sections.append(("HumanEval pass@1", humaneval_markdown(result["humaneval"])))
-    return _write_eval(result, out_dir, command, sections)
+    return _write_report("eval", result, out_dir, command, sections)
 
 
 def write_image_eval_files(result: dict, out_dir: Path, command: str) -> list[Path]:
@@ -61,17 +61,29 @@ def write_image_eval_files(result: dict, out_dir: Path, command: str) -> list[Pa
     (:func:`~.image_eval.evaluate_image_config`'s result)."""
     from .image_eval import image_eval_markdown
 
-    return _write_eval(result, out_dir, command, [("Accuracy on held-out image tasks", image_eval_markdown(result))])
+    return _write_report("eval", result, out_dir, command,
+                         [("Accuracy on held-out image tasks", image_eval_markdown(result))])
 
 
-def _write_eval(result: dict, out_dir: Path, command: str, sections: list[tuple[str, str]]) -> list[Path]:
-    """eval.json (``result``) and eval.md: the header (command, environment), one ``## title`` per section."""
+def write_image_bench_files(result: dict, out_dir: Path, command: str) -> list[Path]:
+    """bench.json and bench.md of `trimode bench` on a vision-language model
+    (:func:`~.image_eval.evaluate_image_bench`'s result): one row per mode, prefill apart from decode."""
+    from .image_eval import image_eval_markdown
+
+    return _write_report("bench", result, out_dir, command,
+                         [("Every mode on held-out image tasks", image_eval_markdown(result))])
+
+
+def _write_report(command_name: str, result: dict, out_dir: Path, command: str,
+                  sections: list[tuple[str, str]]) -> list[Path]:
+    """<command_name>.json (``result``) and <command_name>.md (e.g. eval.md): the header (``trimode
+    <command_name>: <model>``, the command, the environment), one ``## title`` per section."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = header(f"trimode eval: {result.get('model', 'model')}", command, result["environment"])
+    md = header(f"trimode {command_name}: {result.get('model', 'model')}", command, result["environment"])
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
     md += [f"Finished in {result['elapsed_s']:.1f} s."]
-    return [write_json(out_dir / "eval.json", result), _write(out_dir / "eval.md", md)]
+    return [write_json(out_dir / f"{command_name}.json", result), _write(out_dir / f"{command_name}.md", md)]
 
 
 def _write(path: Path, lines: list[str]) -> Path:
