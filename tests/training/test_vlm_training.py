@@ -226,3 +226,10 @@ def test_vision_lr_scale_sets_the_tower_rate_and_zero_freezes_it(tmp_path, ar_di
     assert not torch.equal(trained["encoder.layers.0.mlp.up_proj.weight"], initial["encoder.layers.0.mlp.up_proj.weight"])
     saved = load_file(tmp_path / "frozen" / "checkpoints" / "step-00000002" / "weights.safetensors")
     assert not any(is_vision_parameter(k) for k in saved)  # a checkpoint holds what trains
+
+
+def test_the_evaluated_kinds_are_the_trained_ones_once_each():
+    from trimode.training.vlm import evaluated_kinds
+
+    assert evaluated_kinds(["text", "bars", "bars", "bars", "text"]) == ["bars", "text"]
+    assert evaluated_kinds(["bars", "bars", "text", "shapes", "table"]) == [] == evaluated_kinds([])

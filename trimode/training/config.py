@@ -350,8 +350,8 @@ def tiny_vlm(stage: str = "vlm") -> TrainConfig:
     """trimode-tiny-vlm: trimode-tiny plus a 3 x 192 Pixtral tower, trained on the generated image tasks.
 
     ``vlm`` starts from ``models/trimode-tiny`` (``--init``); ``drafter`` from the vlm stage's output.
-    ``scripts/train_vlm.sh`` runs both; ``benchmarks/vlm_training_notes.md`` tells how the rates were found
-    and what each run reached.
+    ``scripts/train_vlm.sh`` runs them (with a second vlm run of 800 steps between the two);
+    ``benchmarks/vlm_training_notes.md`` tells how the recipe was found and what each run reached.
     """
     per_stage = {
         # Trained on the answers alone, the text model learned the answer template and to ignore the image tokens

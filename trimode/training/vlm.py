@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_vlm import NemotronLabsDiffusionVLMConfig
+from ..image_tasks import KINDS
 from ..modeling_vlm import NemotronLabsDiffusionVLMModel
 from .config import TrainConfig, VLMSpec
 from .data import global_batch_size
@@ -111,7 +112,7 @@ def vlm_stage_parts(cfg: TrainConfig, dist: DistInfo, out: Path, model, tokenize
     else:
         add_image_tokens(tokenizer)  # its tokenizer has them already: checks they map where the config says
     _check_image_tokens(model.config, tokenizer)
-    model.config.image_task_kinds = list(cfg.vlm.kinds)  # what `trimode eval` should draw (empty: all kinds)
+    model.config.image_task_kinds = evaluated_kinds(cfg.vlm.kinds)
     model.to(dist.device).train()
     if dist.is_main:
         save_model_files(model, tokenizer, out)
@@ -133,6 +134,14 @@ def vlm_stage_parts(cfg: TrainConfig, dist: DistInfo, out: Path, model, tokenize
 
     return (model, VLMJointObjective(cfg, model, dist.device), IndexBatcher(train_samples, G),
             lambda: eval_batches(heldout, cfg.eval_batches, G), lr_scale)
+
+
+def evaluated_kinds(kinds) -> list[str]:
+    """What `trimode eval` should draw for a model trained on ``kinds`` (``config.image_task_kinds``): each kind
+    once, in :data:`KINDS` order (training may weight a kind by repeating it; the evaluation should not), and
+    empty when that is all of them."""
+    trained = [kind for kind in KINDS if kind in kinds]
+    return [] if trained == list(KINDS) else trained
 
 
 def is_vision_parameter(name: str) -> bool:
