@@ -104,6 +104,12 @@ class Loaded:
                     f"{self.path / 'config.json'}")
         return None
 
+    def require_image_support(self, context: str = "") -> None:
+        """Raise a ValueError (``context`` + :meth:`image_support_error`) unless this model can take images."""
+        problem = self.image_support_error()
+        if problem is not None:
+            raise ValueError(context + problem)
+
 
 def default_model_path() -> Path:
     """$TRIMODE_MODEL, else trimode-smol when its base is installed, else trimode-tiny."""

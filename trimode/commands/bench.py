@@ -142,9 +142,7 @@ def run_images(args: argparse.Namespace, loaded, config: BenchConfig, command: s
     from ..evaluation.image_eval import evaluate_image_bench, image_eval_markdown
     from ..evaluation.report import write_image_bench_files
 
-    problem = loaded.image_support_error()  # a VLM whose tokenizer has no image token: say what to set
-    if problem is not None:
-        raise ValueError(problem)
+    loaded.require_image_support()  # a VLM whose tokenizer has no image token: say what to set
     ignored = ignored_image_flags(args)
     if ignored:
         print(f"bench: {', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to a vision-language "

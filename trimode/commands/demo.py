@@ -167,9 +167,7 @@ def image_rows(loaded, args: argparse.Namespace) -> list[dict]:
     from ..evaluation.image_eval import decode_image, task_inputs
     from ..image_tasks import score
 
-    problem = loaded.image_support_error()  # a VLM whose tokenizer has no image token: say what to set
-    if problem is not None:
-        raise ValueError(problem)
+    loaded.require_image_support()  # a VLM whose tokenizer has no image token: say what to set
     model, tok = loaded.model, loaded.tokenizer
     task = demo_image_task(model.config)
     image = Path(tempfile.gettempdir()) / f"trimode-demo-{task.kind}.png"

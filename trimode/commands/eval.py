@@ -109,9 +109,7 @@ def run_images(args: argparse.Namespace, loaded, config: EvalConfig, command: st
     if args.humaneval is not None:
         raise ValueError(f"--humaneval scores text completions, and {loaded.name} is a vision-language model: "
                          "`trimode eval` runs its held-out image tasks; run --humaneval on a text model")
-    problem = loaded.image_support_error()  # a VLM whose tokenizer has no image token: say what to set
-    if problem is not None:
-        raise ValueError(problem)
+    loaded.require_image_support()  # a VLM whose tokenizer has no image token: say what to set
     if "batch_size" in EVAL.values(args):
         print("eval: --batch-size does not apply to a vision-language model: every image task decodes alone "
               "(batch 1), so its prefill and decode times are its own", file=sys.stderr)

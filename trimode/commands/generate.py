@@ -97,9 +97,7 @@ def prompt_inputs(loaded, prompt: str, images: list[str] | None, chat: bool) -> 
     (``build_inputs``, one user turn) when ``chat``, else as a plain prompt (``build_prompt``)."""
     if not images:
         return encode_prompt(loaded.tokenizer, prompt, chat), {}
-    problem = loaded.image_support_error()
-    if problem is not None:
-        raise ValueError(f"--image: {problem}")
+    loaded.require_image_support("--image: ")
     from ..image_processing import build_inputs, build_prompt
 
     tok, config, processor = loaded.tokenizer, loaded.model.config, loaded.image_processor

@@ -62,13 +62,12 @@ def cell_targets(task: ImageTask, tokenizer, image_size: tuple[int, int], cell: 
     sy, sx = height / task.image.height, width / task.image.width
     rows, cols = height // cell, width // cell
     space = tokenizer.encode(" ", add_special_tokens=False)
-    boxes = labelled_boxes(task, tokenizer)
+    boxes = [((x0 * sx, y0 * sy, x1 * sx, y1 * sy), ids) for (x0, y0, x1, y1), ids in labelled_boxes(task, tokenizer)]
     out = torch.full((rows * cols, max_tokens), -1, dtype=torch.long)
     for r in range(rows):
         for c in range(cols):
             best, best_cover = space, 0.0
             for (x0, y0, x1, y1), ids in boxes:
-                x0, x1, y0, y1 = x0 * sx, x1 * sx, y0 * sy, y1 * sy
                 overlap = (max(0.0, min(x1, (c + 1) * cell) - max(x0, c * cell))
                            * max(0.0, min(y1, (r + 1) * cell) - max(y0, r * cell)))
                 cover = overlap / max(1e-9, min(cell * cell, (x1 - x0) * (y1 - y0)))
