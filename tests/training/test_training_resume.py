@@ -7,23 +7,12 @@ import signal
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import debug_config
+from training_helpers import Crash, crash_at, debug_config
 
 from trimode.training import train
 from trimode.training.checkpoint import list_checkpoints
 
 STEPS, CRASH_AT = 8, 5  # checkpoints every 2 steps: the crash loses step 5, resume restarts from 4
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def _crash_at(step_to_crash):
-    def hook(step, record):
-        if step == step_to_crash:
-            raise Crash(f"simulated crash after step {step}")
-    return hook
 
 
 def _weights(out, stage):
@@ -44,7 +33,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, ar_dir, stage):
     full, broken = tmp_path / "full", tmp_path / "broken"
     train(debug_config(stage, **cfg), out=full, init=ar_dir)
     with pytest.raises(Crash):
-        train(debug_config(stage, **cfg), out=broken, init=ar_dir, on_step=_crash_at(CRASH_AT))
+        train(debug_config(stage, **cfg), out=broken, init=ar_dir, on_step=crash_at(CRASH_AT))
     assert [p.name for p in list_checkpoints(broken / "checkpoints")] == ["step-00000002", "step-00000004"]
     assert not list((broken / "checkpoints").glob(".tmp-*"))
     result = train(debug_config(stage, **cfg), out=broken, init=ar_dir, resume=True)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import debug_config
+from training_helpers import Crash, crash_at, debug_config
 from transformers import AutoModel, AutoTokenizer
 
 from trimode.image_tasks import make_tasks
@@ -17,10 +17,6 @@ from trimode.training import train
 from trimode.training.vlm import build_vlm
 from trimode.training.vlm_data import IMAGE_TOKENS, ImageTaskSamples, IndexBatcher, task_at
 from trimode.training.vlm_objective import VLMJointObjective, answer_window_mask
-
-
-class Crash(RuntimeError):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +127,6 @@ def test_loss_is_finite_and_drops_on_a_fixed_batch(vlm_parts):
     assert losses[-1] < 0.85 * losses[0], losses
 
 
-def _crash_at(step_to_crash):
-    def hook(step, record):
-        if step == step_to_crash:
-            raise Crash(f"simulated crash after step {step}")
-    return hook
-
-
 def test_stage_trains_and_resumes_exactly(tmp_path, ar_dir):
     cfg = dict(steps=4, checkpoint_interval=2, eval_batches=1, eval_interval=2, micro_batch=2)
     full, broken = tmp_path / "full", tmp_path / "broken"
@@ -146,7 +135,7 @@ def test_stage_trains_and_resumes_exactly(tmp_path, ar_dir):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
     assert result.eval_loss is not None and (full / "config.json").is_file()
     with pytest.raises(Crash):
-        train(debug_config("vlm", **cfg), out=broken, init=ar_dir, on_step=_crash_at(3))
+        train(debug_config("vlm", **cfg), out=broken, init=ar_dir, on_step=crash_at(3))
     resumed = train(debug_config("vlm", **cfg), out=broken, init=ar_dir, resume=True)
     assert resumed.info["start_step"] == 2 and resumed.step == 4
     a, b = load_file(full / "model.safetensors"), load_file(broken / "model.safetensors")

@@ -18,6 +18,18 @@ def debug_config(stage: str, **overrides):
     return cfg
 
 
+class Crash(RuntimeError):
+    """The simulated crash of :func:`crash_at`."""
+
+
+def crash_at(step_to_crash: int):
+    """An ``on_step`` hook of :func:`trimode.training.train` that raises :class:`Crash` after ``step_to_crash``."""
+    def hook(step, record):
+        if step == step_to_crash:
+            raise Crash(f"simulated crash after step {step}")
+    return hook
+
+
 def logged_losses(out) -> list[float]:
     """The training losses of a run, one per logged step, from its JSONL log."""
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
